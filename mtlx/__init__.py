@@ -24,8 +24,8 @@ from mtlx import validation
 # Gradient-space methods (mtlx/aggregators): every public name in its __all__.
 from mtlx.aggregators import *  # noqa: F401,F403
 
-# Loss-space methods (mtlx/weighting): every public name in its __all__.
-from mtlx.weighting import *  # noqa: F401,F403
+# Loss-space methods (mtlx/loss_weighting): every public name in its __all__.
+from mtlx.loss_weighting import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import optax
 
 from mtlx import aggregators
-from mtlx import weighting
+import mtlx.loss_weighting as weighting
 
 
 def _lookup(table: dict[str, Callable[..., Any]], name: str, kind: str):

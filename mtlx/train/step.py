@@ -39,7 +39,7 @@ from mtlx import aggregators
 from mtlx import jacobian
 from mtlx import registry
 from mtlx import sharding as sharding_lib
-from mtlx import weighting as weighting_lib
+import mtlx.loss_weighting as weighting_lib
 from mtlx.train import losses as losses_lib
 from mtlx import metrics as metrics_lib
 

@@ -1,62 +1,21 @@
-"""Loss-space MTO methods: re-weight the stacked per-task grads from the task losses.
+"""Deprecated alias of :mod:`mtlx.loss_weighting` (renamed; see CHANGELOG.md).
 
-Every method maps stacked per-task grads (leading K axis) to stacked, re-weighted
-per-task grads, so it chains in front of any gradient-space method::
-
-  optax.chain(mtlx.dwa(num_tasks=2), mtlx.linear_scalarization(), optax.adam(1e-3))
-
-``mtlx.loss_weights(tx, state, losses)`` returns the weights from the losses
-alone, for the one-backward path. ``REGISTRY`` maps the short names used by
-configs to the constructors; ``mtlx.registry`` reads it (``fixed_weights`` needs
-its weights and is not registered).
+``mtlx.weighting`` (loss space) was too easily confused with ``mtlx.weightings``
+(Gramian weight functions). The old import paths keep working:
+``mtlx.weighting.<name>`` and ``mtlx.weighting.<submodule>`` resolve to the
+same objects as ``mtlx.loss_weighting.<...>``.
 """
 
-from mtlx.weighting.base import loss_weighting
-from mtlx.weighting.base import loss_weights
-from mtlx.weighting.db_mtl import db_mtl
-from mtlx.weighting.dwa import dwa
-from mtlx.weighting.famo import famo
-from mtlx.weighting.fixed_weights import fixed_weights
-from mtlx.weighting.geometric_loss import geometric_loss
-from mtlx.weighting.gradnorm import gradnorm
-from mtlx.weighting.imtl_l import imtl_l
-from mtlx.weighting.normalize_task_scale import normalize_task_scale
-from mtlx.weighting.random_loss_weighting import random_loss_weighting
-from mtlx.weighting.scale_invariant import scale_invariant
-from mtlx.weighting.stch import stch
-from mtlx.weighting.uncertainty_weighting import uncertainty_weighting
+import importlib
+import pkgutil
+import sys
 
-REGISTRY = {
-    "uncertainty": uncertainty_weighting,
-    "uncertainty_weighting": uncertainty_weighting,
-    "dwa": dwa,
-    "rlw": random_loss_weighting,
-    "random_loss_weighting": random_loss_weighting,
-    "gls": geometric_loss,
-    "geometric_loss": geometric_loss,
-    "scale_invariant": scale_invariant,
-    "imtl_l": imtl_l,
-    "gradnorm": gradnorm,
-    "db_mtl": db_mtl,
-    "famo": famo,
-    "stch": stch,
-    "normalize_task_scale": normalize_task_scale,
-}
+_new = importlib.import_module("mtlx.loss_weighting")  # the package (mtlx.loss_weighting the attribute is the wrapper function)
+from mtlx.loss_weighting import *  # noqa: F401,F403
+from mtlx.loss_weighting import REGISTRY  # noqa: F401
+from mtlx.loss_weighting.base import loss_weighting  # noqa: F401  (old name)
 
-__all__ = [
-    "REGISTRY",
-    "db_mtl",
-    "dwa",
-    "famo",
-    "fixed_weights",
-    "geometric_loss",
-    "gradnorm",
-    "imtl_l",
-    "loss_weighting",
-    "loss_weights",
-    "normalize_task_scale",
-    "random_loss_weighting",
-    "scale_invariant",
-    "stch",
-    "uncertainty_weighting",
-]
+for _info in pkgutil.iter_modules(_new.__path__):
+  _module = importlib.import_module(f"mtlx.loss_weighting.{_info.name}")
+  sys.modules[f"{__name__}.{_info.name}"] = _module
+  globals().setdefault(_info.name, _module)

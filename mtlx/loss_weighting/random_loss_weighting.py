@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import optax
 
-from mtlx.weighting import base
+from mtlx.loss_weighting import base
 
 
 class RLWState(NamedTuple):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from mtlx.weighting import base
-from mtlx.weighting.scale_invariant import positive_losses
+from mtlx.loss_weighting import base
+from mtlx.loss_weighting.scale_invariant import positive_losses
 
 
 def geometric_loss(eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:

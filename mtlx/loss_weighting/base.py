@@ -7,7 +7,7 @@ its own state) and re-weights the stacked per-task gradients row by row:
 
 so its output is again a stacked pytree (leading K axis on every leaf) that any
 gradient-space method (``mtlx.linear_scalarization()``, ``mtlx.pcgrad()`` ...)
-consumes. :func:`loss_weighting` wraps a pure ``weight_fn`` once;
+consumes. :func:`loss_space_weighting` wraps a pure ``weight_fn`` once;
 :func:`loss_weights` reads the weights of such a transform (or of an
 ``optax.chain`` of them) from the losses alone, so a trainer can take ONE backward
 pass of ``Σ_k w_k L_k`` instead of K.
@@ -110,7 +110,7 @@ def guard_non_finite(weights: jax.Array, new_state: Any, state: Any,
   return weights, new_state
 
 
-def loss_weighting(
+def loss_space_weighting(
     weight_fn: Callable[..., Any], *,
     init_fn: Callable[[int | None], Any] | None = None,
     num_tasks: int | None = None,
@@ -215,3 +215,8 @@ def loss_weights(tx: optax.GradientTransformation, state: Any,
         "grads to stacked task grads (loss-space transforms only, no aggregator "
         "or optimizer in the chain).")
   return jnp.diagonal(leaves[0]), new_state
+
+
+# The old public name (``mtlx.loss_weighting(fn)``); the package ``mtlx.loss_weighting``
+# forwards calls here too (see ``mtlx/loss_weighting/__init__.py``).
+loss_weighting = loss_space_weighting

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from mtlx import validation
-from mtlx.weighting import base
+from mtlx.loss_weighting import base
 
 
 def fixed_weights(weights: Any) -> optax.GradientTransformationExtraArgs:

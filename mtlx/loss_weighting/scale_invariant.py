@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtlx.weighting import base
+from mtlx.loss_weighting import base
 
 
 def positive_losses(task_losses: jax.Array, eps: float) -> jax.Array:

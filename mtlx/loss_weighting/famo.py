@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from mtlx import validation
-from mtlx.weighting import base
+from mtlx.loss_weighting import base
 
 
 class FAMOState(NamedTuple):
