@@ -105,3 +105,37 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> None:
   if value not in choices:
     raise ValueError(f"{name}={value!r} is not valid; expected one of "
                      f"{sorted(choices)}.")
+
+
+def check_number(value: Any, name: str, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False,
+                 high_open: bool = False, integer: bool = False,
+                 method: str | None = None) -> None:
+  """Checks a hyperparameter: a finite real (an ``int`` with ``integer``) in a range.
+
+  ``low``/``high`` bound the value (inclusive unless ``low_open``/``high_open``);
+  ``None`` leaves that side unbounded. Raises one ``ValueError`` that names the
+  method, the argument, the value given and the valid range, e.g.
+  ``"mgda: num_iters=-5 is not valid; expected an int >= 1."``. Call it in a
+  constructor, before anything is built.
+  """
+  prefix = f"{method}: " if method else ""
+  kind = "an int" if integer else "a finite number"
+  parts = []
+  if low is not None:
+    parts.append(f"{'>' if low_open else '>='} {low}")
+  if high is not None:
+    parts.append(f"{'<' if high_open else '<='} {high}")
+  want = kind + (" " + " and ".join(parts) if parts else "")
+  bad = isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+      hasattr(value, "dtype") and jnp.ndim(value) == 0)
+  if not bad:
+    if integer and not float(value).is_integer():
+      bad = True
+    else:
+      v = float(value)
+      bad = (v != v or v in (float("inf"), float("-inf"))
+             or (low is not None and (v <= low if low_open else v < low))
+             or (high is not None and (v >= high if high_open else v > high)))
+  if bad:
+    raise ValueError(f"{prefix}{name}={value!r} is not valid; expected {want}.")
