@@ -23,6 +23,8 @@ from mtlx.aggregators.linear_scalarization import linear_scalarization
 from mtlx.aggregators.mean import mean
 from mtlx.aggregators.mgda import mgda
 from mtlx.aggregators.nash_mtl import nash_mtl
+from mtlx.aggregators.partition import calibrate_magnitudes
+from mtlx.aggregators.partition import partition
 from mtlx.aggregators.pcgrad import pcgrad
 from mtlx.aggregators.trimmed_mean import trimmed_mean
 from mtlx.aggregators.upgrad import upgrad
@@ -95,4 +97,5 @@ __all__ = [
     "upgrad",
 ]
 
+__all__ += ["calibrate_magnitudes", "partition"]
 __all__ += ["crmogm", "excess_mtl", "fairgrad", "moco", "modo", "pcd", "sdmgrad"]
