@@ -15,6 +15,8 @@ from mtlx.jacobian import gramian
 from mtlx.jacobian import value_and_jacobian
 from mtlx.jacobian import value_and_representation_jacobian
 from mtlx.autogram import value_and_gramian
+from mtlx.sharpness import flat_regions
+from mtlx.sharpness import value_and_sharpness_jacobian
 
 from mtlx import problems
 from mtlx import weightings
@@ -30,7 +32,7 @@ from mtlx.loss_weighting import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 # Submodules imported on first access (mtlx.data pulls in tensorflow-datasets).
-_LAZY_SUBMODULES = ("data", "merging", "metrics", "models", "pareto", "sharding",
+_LAZY_SUBMODULES = ("affinity", "data", "merging", "metrics", "models", "pareto", "rl", "sharding",
                     "testing", "train")
 
 
