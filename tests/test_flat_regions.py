@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import mtlx
-from mtlx import flat_regions as fr
+from mtlx import sharpness as fr
 
 K = 3
 
