@@ -103,3 +103,15 @@ def test_calibrate_magnitudes_matches_numpy_and_equalises_branches():
   bad = dict(tg, decoder={"w": tg["decoder"]["w"].at[0, 0, 0].set(jnp.nan)})
   out_bad, _ = mtlx.calibrate_magnitudes(labels).update(bad, optax.EmptyState())
   assert not np.all(np.isfinite(out_bad["decoder"]["w"][0]))
+
+
+def test_calibrate_only_the_named_branches():
+  tg = _tree(6)
+  labels = {"encoder": {"w": "a", "b": "b"}, "decoder": {"w": "heads"}}
+  out, _ = mtlx.calibrate_magnitudes(labels, branches=["a", "b"]).update(tg, optax.EmptyState())
+  np.testing.assert_array_equal(out["decoder"]["w"], tg["decoder"]["w"])
+  na = np.linalg.norm(np.asarray(out["encoder"]["w"]).reshape(K, -1), axis=1)
+  nb = np.linalg.norm(np.asarray(out["encoder"]["b"]).reshape(K, -1), axis=1)
+  np.testing.assert_allclose(na, nb, rtol=1e-6)
+  with pytest.raises(ValueError, match="'c'"):
+    mtlx.calibrate_magnitudes(labels, branches=["a", "c"]).update(tg, optax.EmptyState())

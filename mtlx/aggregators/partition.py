@@ -3,7 +3,7 @@ over stacked task grads), and per-branch magnitude calibration (FULLER)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +96,7 @@ def partition(transforms: Mapping[Hashable, optax.GradientTransformation],
 
 
 def calibrate_magnitudes(labels: PyTree | Callable[[PyTree], PyTree], *,
+                         branches: Sequence[Hashable] | None = None,
                          eps: float = 0.0) -> optax.GradientTransformationExtraArgs:
   """Rescales each branch's task gradients to a common norm (FULLER's modality level).
 
@@ -113,6 +114,8 @@ def calibrate_magnitudes(labels: PyTree | Callable[[PyTree], PyTree], *,
   Args:
     labels: a pytree of branch labels with the params' structure (or a function
       ``params -> labels``, called on the stacked grads).
+    branches: the labels to equalise (default: every label); leaves with other
+      labels (the fusion layer, the heads) pass through unchanged.
     eps: added to ``n_{kb}`` before dividing (0: exact; zero norms are guarded).
 
   Cost: ``O(K P)``; no state; reads no losses.
@@ -129,16 +132,22 @@ def calibrate_magnitudes(labels: PyTree | Callable[[PyTree], PyTree], *,
       raise ValueError(f"calibrate_magnitudes: {len(flat_labels)} labels for "
                        f"{len(leaves)} task-grad leaves; expected one label per leaf.")
     k = validation.num_tasks(task_grads)
-    branches = sorted(set(flat_labels), key=repr)
+    chosen = sorted(set(flat_labels) if branches is None else set(branches), key=repr)
+    missing = [b for b in chosen if b not in flat_labels]
+    if missing:
+      raise ValueError(f"calibrate_magnitudes: branches {missing} label no leaf; expected "
+                       f"some of {sorted(set(map(repr, flat_labels)))}.")
     acc = jnp.promote_types(leaves[0].dtype, jnp.float32)
-    sq = {b: jnp.zeros((k,), acc) for b in branches}
+    sq = {b: jnp.zeros((k,), acc) for b in chosen}
     for lab, g in zip(flat_labels, leaves):
-      sq[lab] = sq[lab] + jnp.sum(jnp.reshape(g.astype(acc) ** 2, (k, -1)), axis=1)
+      if lab in sq:
+        sq[lab] = sq[lab] + jnp.sum(jnp.reshape(g.astype(acc) ** 2, (k, -1)), axis=1)
     norms = {b: jnp.sqrt(v) for b, v in sq.items()}
-    common = sum(norms.values()) / len(branches)
+    common = sum(norms.values()) / len(chosen)
     scale = {b: jnp.where(n > 0, common / (n + eps), 0.0) for b, n in norms.items()}
     # non-finite rows propagate (inf/nan norms give nan scales)
-    out = [(g.astype(acc) * scale[lab].reshape((k,) + (1,) * (g.ndim - 1))).astype(g.dtype)
+    out = [g if lab not in scale else
+           (g.astype(acc) * scale[lab].reshape((k,) + (1,) * (g.ndim - 1))).astype(g.dtype)
            for lab, g in zip(flat_labels, leaves)]
     return jax.tree_util.tree_unflatten(treedef, out), state
 

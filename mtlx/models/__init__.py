@@ -19,6 +19,7 @@ from mtlx.models.moe import mmoe
 from mtlx.models.attention import mtan
 from mtlx.models.progressive import cgc
 from mtlx.models.progressive import ple
+from mtlx.models.two_branch import two_branch
 
 REGISTRY = {
     "hps": hps,
@@ -28,6 +29,7 @@ REGISTRY = {
     "ple": ple,
     "mtan": mtan,
     "dselect_k": dselect_k,
+    "two_branch": two_branch,
 }
 
 
@@ -59,5 +61,5 @@ def get_model(name: str, *, input_shape: Sequence[int], tasks: Sequence[Any],
 
 __all__ = [
     "MTLModel", "ModelFns", "REGISTRY", "count_params", "cross_stitch", "cgc",
-    "dselect_k", "get_model", "hps", "mmoe", "model_names", "mtan", "ple", "split",
+    "dselect_k", "get_model", "hps", "mmoe", "model_names", "mtan", "ple", "split", "two_branch",
 ]
