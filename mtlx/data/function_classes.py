@@ -52,6 +52,7 @@ FUNCTION_CLASSES = ("linear_regression", "sparse_linear_regression",
                     "noisy_linear_regression", "relu2_nn", "decision_tree")
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 LASSO_ITERATIONS = 300
+GENERATION_CHUNK = 32  # rows generated per jitted call by the sources
 
 
 def _check_class(name):
@@ -133,6 +134,13 @@ def sample_prompts(key: jax.Array, indices: jax.Array, *, function_class: str, n
                                           hidden=hidden, depth=depth))(keys)
 
 
+@functools.partial(jax.jit, static_argnames=("function_class", "n_points", "dim", "sparsity",
+                                             "noise_std", "hidden", "depth"))
+def _tokens_and_ys(key, indices, **options):
+  xs, ys = sample_prompts(key, indices, **options)
+  return prompt_tokens(xs, ys), ys
+
+
 def function_class_source(function_class: str, *, split: str = "train", seed: int = 0,
                           dim: int = 20, n_points: int = 41, sparsity: int = 3,
                           noise_std: float = 1.0, hidden: int = 100, depth: int = 4,
@@ -142,7 +150,8 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
   Input ``features`` float32 ``[2 n_points, dim + 1]`` (`prompt_tokens`); label
   ``ys`` float32 ``[n_points]`` under the task's name (a regression task with
   ``n_points`` outputs, so the task loss is the MSE over positions). Batches are
-  generated in power-of-two buckets of rows (few compilations whatever the counts).
+  generated in chunks of ``GENERATION_CHUNK`` rows (one compilation per class and
+  options, whatever the per-step counts).
   """
   from mtlx.data.sources import generator_source  # pylint: disable=import-outside-toplevel
   _check_class(function_class)
@@ -163,14 +172,15 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
                   name or function_class)
 
   def generate(indices):
-    idx = np.asarray(indices, np.int64)
+    idx = np.asarray(indices, np.int64).reshape(-1)
     m = len(idx)
-    size = 1 << max(int(m - 1).bit_length(), 0)
-    padded = np.zeros(size, np.int64)
+    padded = np.zeros(-(-max(m, 1) // GENERATION_CHUNK) * GENERATION_CHUNK, np.int64)
     padded[:m] = idx
-    xs, ys = sample_prompts(key, jnp.asarray(padded, jnp.uint32), **options)
-    tokens = np.asarray(prompt_tokens(xs, ys), np.float32)[:m]
-    return {"features": tokens, task.label_key: np.asarray(ys, np.float32)[:m]}
+    parts = [_tokens_and_ys(key, jnp.asarray(chunk, jnp.uint32), **options)
+             for chunk in padded.reshape(-1, GENERATION_CHUNK)]
+    tokens = np.concatenate([np.asarray(p[0]) for p in parts])[:m]
+    ys = np.concatenate([np.asarray(p[1]) for p in parts])[:m]
+    return {"features": tokens.astype(np.float32), task.label_key: ys.astype(np.float32)}
 
   return generator_source(task, "features", (2 * int(n_points), int(dim) + 1), generate)
 
@@ -195,31 +205,35 @@ def least_squares(xs: jax.Array, ys: jax.Array) -> jax.Array:
   return jax.vmap(at)(_prefix_masks(xs.shape[0]).astype(xs.dtype), xs)
 
 
+def lasso_weights(a: jax.Array, b: jax.Array, alpha: float = 0.1,
+                  iterations: int = LASSO_ITERATIONS) -> jax.Array:
+  """``argmin_w ½‖a w − b‖² + α‖w‖₁`` by FISTA (Beck & Teboulle, 2009).
+
+  From ``w = 0`` with step ``1/L``, ``L = λ_max(aᵀa)``, for a fixed number of
+  ``iterations`` (default 300; no tolerance test, so it traces once). The
+  objective gap after ``t`` steps is at most ``2L‖w* ‖²/(t+1)²``; where the
+  minimiser is not unique or the problem is badly conditioned the iterate itself
+  may still be far from the reference minimiser while the objective is close.
+  """
+  lip = jnp.linalg.eigvalsh(a.T @ a)[-1] + 1e-6
+  soft = lambda v, t: jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0.0)
+
+  def body(_, carry):
+    w, z, t = carry
+    w_new = soft(z - a.T @ (a @ z - b) / lip, alpha / lip)
+    t_new = (1 + jnp.sqrt(1 + 4 * t * t)) / 2
+    return w_new, w_new + (t - 1) / t_new * (w_new - w), t_new
+
+  zero = jnp.zeros(a.shape[1], a.dtype)
+  return jax.lax.fori_loop(0, iterations, body, (zero, zero, jnp.ones((), a.dtype)))[0]
+
+
 def lasso(xs: jax.Array, ys: jax.Array, alpha: float = 0.1,
           iterations: int = LASSO_ITERATIONS) -> jax.Array:
-  """``[n]`` predictions ``x_iᵀ ŵ_i`` with ``ŵ_i = argmin ½‖X_{<i}w − y_{<i}‖² + α‖w‖₁``.
-
-  FISTA (Beck & Teboulle, 2009) from ``w = 0`` with step ``1/L``,
-  ``L = λ_max(X_{<i}ᵀX_{<i})``, for a fixed ``iterations`` (default 300; no tolerance
-  test, so it traces once; the objective gap after ``t`` steps is at most
-  ``2L‖ŵ‖²/(t+1)²``). ``α = 0.1`` suits Garg et al.'s scale (sparsity 3 of d = 20,
-  noiseless) and matches the sparse class's least-squares error from ``i ≈ 2·3``.
-  """
+  """``[n]`` predictions ``x_iᵀ ŵ_i`` with ``ŵ_i = argmin ½‖X_{<i}w − y_{<i}‖² + α‖w‖₁``
+  (`lasso_weights`). ``α = 0.1`` suits Garg et al.'s scale (noiseless, sparsity 3)."""
   def at(mask, x):
-    a = xs * mask[:, None]
-    b = ys * mask
-    lip = jnp.linalg.eigvalsh(a.T @ a)[-1] + 1e-6
-    soft = lambda v, t: jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0.0)
-
-    def body(_, carry):
-      w, z, t = carry
-      w_new = soft(z - a.T @ (a @ z - b) / lip, alpha / lip)
-      t_new = (1 + jnp.sqrt(1 + 4 * t * t)) / 2
-      return w_new, w_new + (t - 1) / t_new * (w_new - w), t_new
-
-    zero = jnp.zeros(xs.shape[1], xs.dtype)
-    w, _, _ = jax.lax.fori_loop(0, iterations, body, (zero, zero, jnp.ones((), xs.dtype)))
-    return x @ w
+    return x @ lasso_weights(xs * mask[:, None], ys * mask, alpha, iterations)
   return jax.vmap(at)(_prefix_masks(xs.shape[0]).astype(xs.dtype), xs)
 
 
