@@ -109,6 +109,9 @@ def keep_absent(new_state: Any, old_state: Any, task_mask: jax.Array, *,
       return new
     keep = jnp.ones(new.shape, bool)
     for a in axes:
+      if not 0 <= a < new.ndim or new.shape[a] != k:
+        raise ValueError(f"task_axes: state leaf {jax.tree_util.keystr(path)} of shape "
+                         f"{new.shape} given task axis {a}; expected an axis of size K={k}.")
       shape = [1] * new.ndim
       shape[a] = k
       keep = keep & task_mask.reshape(shape)
