@@ -192,3 +192,18 @@ def test_keep_absent_axes_and_errors():
   tx = TM.mask_absent_tasks(optax.identity(), num_tasks=3)
   with pytest.raises(ValueError, match="task_mask"):
     tx.update(_grads(3, 0), tx.init(None), None, task_mask=jnp.ones(2, bool))
+
+
+def test_masked_loss_weights_equal_the_stacked_path():
+  params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+  tx = mtlx.dwa(num_tasks=3)
+  stacked = TM.mask_absent_tasks(mtlx.dwa(num_tasks=3), num_tasks=3)
+  s1, s2 = tx.init(params), stacked.init(params)
+  for t, mask in enumerate([[1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]]):
+    mask = jnp.asarray(mask, bool)
+    losses = jnp.where(mask, jnp.asarray([0.5, 1.0, 2.0]) / (t + 1), 0.0)
+    w1, s1 = TM.masked_loss_weights(tx, s1, losses, mask)
+    g = _grads(3, t)
+    u2, s2 = stacked.update(g, s2, params, task_losses=losses, task_mask=mask)
+    jax.tree_util.tree_map(np.testing.assert_allclose, s1, s2)
+    np.testing.assert_allclose(u2["b"], np.asarray(w1)[:, None] * np.asarray(g["b"]), rtol=1e-12)

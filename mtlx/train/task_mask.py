@@ -155,3 +155,21 @@ def mask_absent_tasks(inner: optax.GradientTransformation, *, num_tasks: int,
     return out, keep_absent(new_state, state, task_mask, task_axes=task_axes)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def masked_loss_weights(loss_tx: optax.GradientTransformation, state: Any,
+                        task_losses: jax.Array, task_mask: jax.Array, *,
+                        task_axes: Callable | None = None,
+                        fill_loss: float = 1.0) -> tuple[jax.Array, Any]:
+  """`mtlx.loss_weights` (the one-backward path) told which tasks are present.
+
+  Returns ``(weights [K], new_state)`` equal to what ``mask_absent_tasks(loss_tx)``
+  does on the stacked path: absent losses read as ``fill_loss``, absent tasks'
+  state entries unchanged. The absent tasks' weights multiply zero gradients.
+  """
+  from mtlx.loss_weighting import loss_weights  # pylint: disable=import-outside-toplevel
+  task_mask = jnp.asarray(task_mask).astype(bool)
+  validation.check_vector(task_mask, None, "task_mask")
+  filled = jnp.where(task_mask, task_losses, jnp.asarray(fill_loss, task_losses.dtype))
+  weights, new_state = loss_weights(loss_tx, state, filled)
+  return weights, keep_absent(new_state, state, task_mask, task_axes=task_axes)
