@@ -123,8 +123,7 @@ def make_step(fns, info, config):
     return new, {"losses": losses, "counts": counts}
 
   @jax.jit
-  def eval_stats(p, batch, task_index):
-    del task_index
+  def eval_stats(p, batch):
     out = fns.apply(p, batch[info.input_key])
     losses, counts = task_mask.masked_task_losses(info.tasks, out, batch)
     stats = {"_loss": losses * counts, "_count": counts.astype(jnp.float32)}
@@ -149,7 +148,7 @@ def evaluate(eval_stats, params, info, test_sources, config) -> dict:
     sums = None
     for batch in mixture.single_task_batches(test_sources, k, batch_size=config.eval_batch_size,
                                              limit=limit if src.num_examples is None else None):
-      sums = mmetrics.accumulate(sums, jax.device_get(eval_stats(params, batch, k)))
+      sums = mmetrics.accumulate(sums, jax.device_get(eval_stats(params, batch)))
     row[f"loss/{task.name}"] = float(sums["_loss"][k]) / max(float(sums["_count"][k]), 1.0)
     for m in task.metrics:
       row[f"{m}/{task.name}"] = mmetrics.finalize_metric(m, sums[task.name][m])

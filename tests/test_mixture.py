@@ -207,3 +207,22 @@ def test_masked_loss_weights_equal_the_stacked_path():
     u2, s2 = stacked.update(g, s2, params, task_losses=losses, task_mask=mask)
     jax.tree_util.tree_map(np.testing.assert_allclose, s1, s2)
     np.testing.assert_allclose(u2["b"], np.asarray(w1)[:, None] * np.asarray(g["b"]), rtol=1e-12)
+
+
+def test_builder_source_reads_one_task_of_an_mtlx_dataset(tmp_path):
+  kw = {"num_train": 24, "num_validation": 8, "num_test": 8}
+  left = sources.source_from_config({"source": "builder", "dataset": "multi_digits",
+                                     "task": "left", "builder_kwargs": kw,
+                                     "data_dir": str(tmp_path)}, "train")
+  right = sources.builder_source("multi_digits", "train", "right", data_dir=str(tmp_path),
+                                 builder_kwargs=kw, rename="right_digit")
+  assert left.num_examples == 24 and left.task.name == "left"
+  assert right.task.name == right.task.label_key == "right_digit"
+  b = left.read(np.array([3, 1]))
+  from mtlx import data as mdata
+  full = mdata.load_split("multi_digits", "train", data_dir=str(tmp_path), builder_kwargs=kw)
+  np.testing.assert_array_equal(b["image"], full["image"][[3, 1]])
+  np.testing.assert_array_equal(b["left"], full["left"][[3, 1]])
+  np.testing.assert_array_equal(right.read(np.array([5]))["right_digit"], full["right"][[5]])
+  with pytest.raises(ValueError, match="expected one of \\['left', 'right'\\]"):
+    sources.builder_source("multi_digits", "train", data_dir=str(tmp_path), builder_kwargs=kw)
