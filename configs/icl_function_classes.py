@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   dim, n_points = 8, 17
   c.tasks = [ml_collections.ConfigDict({
       "source": "function_class", "function_class": name, "dim": dim, "n_points": n_points,
-      "sparsity": 3, "noise_std": 0.5, "hidden": 100, "depth": 4}) for name in CLASSES]
+      "sparsity": 3, "noise_std": 0.5, "hidden": 100, "depth": 4,
+      "curriculum_dims": ()})  for name in CLASSES]
   c.sampler = digits_mixture.sampler_config("uniform")
   c.sampler.weights = (1.0,) * len(CLASSES)
   c.model = "icl_transformer"
@@ -39,5 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every = 500
   c.checkpoint_every = 500
   c.workdir = "runs/icl_function_classes"
-  c.icl = ml_collections.ConfigDict({"eval_prompts": 256})
+  # curriculum_dims (start, increment, interval): Garg et al.'s curriculum on the
+  # dimension for every class, e.g. (2, 1, 200); () = none. Sampler comparisons:
+  # --config.sampler.name=uniform | temperature | loss_proportional | bandit | staged.
+  c.icl = ml_collections.ConfigDict({"eval_prompts": 256, "curriculum_dims": ()})
   return c

@@ -15,6 +15,9 @@ Training is `experiments.train_mixture` (one task per function class, mixed by
 * ``icl_table.md``: the same at a few positions (``i = 1, d/2, d, n−1``);
 * ``icl_curves.png``: one panel per class, model and baselines against ``i``.
 
+``config.icl.curriculum_dims = (start, increment, interval)`` trains every class
+with Garg et al.'s curriculum on the dimension (evaluation uses every dimension).
+
 Baselines (`mtlx.data.function_classes.BASELINES`): least squares, 3-NN and
 averaging on every class, the lasso on ``sparse_linear_regression``.
 """
@@ -90,6 +93,9 @@ def figure(result: dict, path: str) -> None:
 
 def run(config) -> dict:
   """Trains, then writes the curves, table and figure; returns the curves."""
+  if tuple(config.icl.get("curriculum_dims", ()) or ()):
+    for t in config.tasks:  # the same curriculum on the dimension for every class
+      t.curriculum_dims = tuple(config.icl.curriculum_dims)
   _, (state, fns, info) = train_mixture.train(config, return_state=True)
   test_sources = train_mixture.make_sources(config, config.get("eval_split", "test") or "test")
   mixture.check_sources(test_sources)

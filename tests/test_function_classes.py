@@ -116,3 +116,26 @@ def test_function_classes_mix():
     _, ys = F.split_tokens(jnp.asarray(batch["features"][rows]))
     np.testing.assert_allclose(np.asarray(ys), batch[c][rows])
     assert np.all(batch[c][~rows] == 0)
+
+
+def test_curriculum_on_the_dimension():
+  src = F.function_class_source("linear_regression", dim=DIM, n_points=N,
+                                curriculum_dims=(2, 1, 3))
+  assert src.reads_step
+  assert [F.curriculum_value(t, 2, DIM, 1, 3) for t in (0, 2, 3, 8, 100)] == [2, 2, 3, 4, DIM]
+  early = src.read(np.arange(4), 0)["features"]
+  later = src.read(np.arange(4), 3)["features"]
+  full = src.read(np.arange(4))["features"]
+  assert not np.any(early[:, 0::2, 2:DIM]) and np.all(early[:, 0::2, :2] != 0)
+  assert not np.any(later[:, 0::2, 3:DIM]) and np.all(later[:, 0::2, 2] != 0)
+  assert np.all(full[:, 0::2, :DIM] != 0)
+  xs, ys = F.split_tokens(jnp.asarray(early))  # y = f(x) of the masked x: still linear
+  for x, y in zip(np.asarray(xs, np.float64), np.asarray(ys, np.float64)):
+    w = np.linalg.lstsq(x[:, :2], y, rcond=None)[0]
+    np.testing.assert_allclose(x[:, :2] @ w, y, atol=1e-4)
+  it = mixture.MixtureIterator([src], samplers.uniform(1), batch_size=4, seed=0,
+                               process_index=0, process_count=1)
+  first = next(it)
+  assert not np.any(first["features"][:, 0::2, 2:DIM])  # the mixture passes the step
+  with pytest.raises(ValueError, match="curriculum_dims"):
+    F.function_class_source("linear_regression", curriculum_dims=(0, 1, 1))

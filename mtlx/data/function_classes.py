@@ -62,11 +62,18 @@ def _check_class(name):
 
 def sample_prompt(key: jax.Array, function_class: str, n_points: int, dim: int, *,
                   sparsity: int = 3, noise_std: float = 1.0, hidden: int = 100,
-                  depth: int = 4) -> tuple[jax.Array, jax.Array]:
-  """One prompt ``(xs [n, d], ys [n])`` of a class (float32; see the module table)."""
+                  depth: int = 4, active_dims=None) -> tuple[jax.Array, jax.Array]:
+  """One prompt ``(xs [n, d], ys [n])`` of a class (float32; see the module table).
+
+  ``active_dims`` (a traced int, default ``dim``): coordinates ``>= active_dims`` of
+  every ``x`` are zero (Garg et al.'s curriculum on the dimension), and ``f`` is
+  evaluated on those ``x``.
+  """
   _check_class(function_class)
   kx, kf, kn = jax.random.split(key, 3)
   xs = jax.random.normal(kx, (n_points, dim), jnp.float32)
+  if active_dims is not None:
+    xs = xs * (jnp.arange(dim) < active_dims).astype(xs.dtype)
   if function_class in ("linear_regression", "noisy_linear_regression",
                         "sparse_linear_regression"):
     kw, ks = jax.random.split(kf)
@@ -126,25 +133,33 @@ def class_key(seed: int, function_class: str, split: str) -> jax.Array:
                                              "noise_std", "hidden", "depth"))
 def sample_prompts(key: jax.Array, indices: jax.Array, *, function_class: str, n_points: int,
                    dim: int, sparsity: int = 3, noise_std: float = 1.0, hidden: int = 100,
-                   depth: int = 4) -> tuple[jax.Array, jax.Array]:
+                   depth: int = 4, active_dims=None) -> tuple[jax.Array, jax.Array]:
   """Prompts ``indices`` of the stream ``key``: ``(xs [B, n, d], ys [B, n])``."""
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
   return jax.vmap(lambda k: sample_prompt(k, function_class, n_points, dim,
                                           sparsity=sparsity, noise_std=noise_std,
-                                          hidden=hidden, depth=depth))(keys)
+                                          hidden=hidden, depth=depth,
+                                          active_dims=active_dims))(keys)
+
+
+def curriculum_value(step: int, start: int, end: int, increment: int, interval: int) -> int:
+  """Garg et al.'s schedule: ``min(start + increment · ⌊step / interval⌋, end)`` (they
+  grow the dimension from 5 to 20 by 1 and the prompt length from 11 to 41 by 2, every
+  2000 steps)."""
+  return int(min(start + increment * (int(step) // max(int(interval), 1)), end))
 
 
 @functools.partial(jax.jit, static_argnames=("function_class", "n_points", "dim", "sparsity",
                                              "noise_std", "hidden", "depth"))
-def _tokens_and_ys(key, indices, **options):
-  xs, ys = sample_prompts(key, indices, **options)
+def _tokens_and_ys(key, indices, active_dims, **options):
+  xs, ys = sample_prompts(key, indices, active_dims=active_dims, **options)
   return prompt_tokens(xs, ys), ys
 
 
 def function_class_source(function_class: str, *, split: str = "train", seed: int = 0,
                           dim: int = 20, n_points: int = 41, sparsity: int = 3,
                           noise_std: float = 1.0, hidden: int = 100, depth: int = 4,
-                          name: str = ""):
+                          name: str = "", curriculum_dims=None):
   """An endless `mtlx.data.sources.TaskSource` of one class's prompts.
 
   Input ``features`` float32 ``[2 n_points, dim + 1]`` (`prompt_tokens`); label
@@ -152,6 +167,13 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
   ``n_points`` outputs, so the task loss is the MSE over positions). Batches are
   generated in chunks of ``GENERATION_CHUNK`` rows (one compilation per class and
   options, whatever the per-step counts).
+
+  ``curriculum_dims = (start, increment, interval)`` (Garg et al.: ``(5, 1, 2000)``
+  with ``dim = 20``): at training step ``t`` only the first
+  ``curriculum_value(t, start, dim, increment, interval)`` coordinates of ``x`` are
+  non-zero (the source then reads the step: ``read(indices, step)``; without a
+  step, as in evaluation, every coordinate is active). The prompt length stays
+  ``n_points`` (no curriculum on it).
   """
   from mtlx.data.sources import generator_source  # pylint: disable=import-outside-toplevel
   _check_class(function_class)
@@ -171,18 +193,31 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
   task = TaskSpec(name or function_class, "regression", int(n_points), ("mae",), (False,),
                   name or function_class)
 
-  def generate(indices):
+  if curriculum_dims is not None and len(curriculum_dims) == 0:
+    curriculum_dims = None  # () in a config: no curriculum
+  if curriculum_dims is not None:
+    if len(curriculum_dims) != 3 or min(int(v) for v in curriculum_dims) < 1:
+      raise ValueError(f"curriculum_dims={curriculum_dims}; expected (start, increment, "
+                       "interval) of positive ints.")
+    start, inc, every = (int(v) for v in curriculum_dims)
+
+  def generate(indices, step=None):
+    active = dim
+    if curriculum_dims is not None and step is not None:
+      active = curriculum_value(step, start, dim, inc, every)
     idx = np.asarray(indices, np.int64).reshape(-1)
     m = len(idx)
     padded = np.zeros(-(-max(m, 1) // GENERATION_CHUNK) * GENERATION_CHUNK, np.int64)
     padded[:m] = idx
-    parts = [_tokens_and_ys(key, jnp.asarray(chunk, jnp.uint32), **options)
+    parts = [_tokens_and_ys(key, jnp.asarray(chunk, jnp.uint32), jnp.asarray(active, jnp.int32),
+                            **options)
              for chunk in padded.reshape(-1, GENERATION_CHUNK)]
     tokens = np.concatenate([np.asarray(p[0]) for p in parts])[:m]
     ys = np.concatenate([np.asarray(p[1]) for p in parts])[:m]
     return {"features": tokens.astype(np.float32), task.label_key: ys.astype(np.float32)}
 
-  return generator_source(task, "features", (2 * int(n_points), int(dim) + 1), generate)
+  return generator_source(task, "features", (2 * int(n_points), int(dim) + 1), generate,
+                          reads_step=curriculum_dims is not None)
 
 
 # ---- metric and classical baselines --------------------------------------------------

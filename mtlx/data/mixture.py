@@ -170,15 +170,15 @@ class MixtureIterator:
     counts, tasks, examples = self.plan()
     lo = self.process_index * self.batch_size
     rows = slice(lo, lo + self.batch_size)
-    batch = self._assemble(tasks[rows], examples[rows])
     step = int(self.state.step)
+    batch = self._assemble(tasks[rows], examples[rows], step)
     self.state = MixtureState(np.asarray(step + 1, np.int64), self.state.cursor + counts,
                               self.state.sampler)
     self.last_counts = counts
     self._pending = (step, counts)
     return batch
 
-  def _assemble(self, tasks, examples) -> dict:
+  def _assemble(self, tasks, examples, step) -> dict:
     b = len(tasks)
     info = self.info
     x = np.zeros((b,) + tuple(info.input_shape), np.float32)
@@ -187,7 +187,7 @@ class MixtureIterator:
       label = np.zeros((b,) + tuple(shape), dtype)
       rows = np.flatnonzero(tasks == k)
       if len(rows):
-        part = src.read(examples[rows])
+        part = src.read(examples[rows], step) if src.reads_step else src.read(examples[rows])
         x[rows] = part[src.input_key]
         label[rows] = part[src.task.label_key]
       batch[info.tasks[k].name] = label

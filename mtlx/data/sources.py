@@ -51,12 +51,15 @@ class TaskSource(NamedTuple):
     input_shape: one example's input shape.
     num_examples: the dataset size, or None for an endless seeded generator.
     read: ``indices (int64 [n]) -> {input_key: [n, *input_shape], label_key: [n, ...]}``.
+    reads_step: whether ``read`` also takes the training step, ``read(indices, step)``
+      (a curriculum); the mixture passes it, evaluation does not.
   """
   task: TaskSpec
   input_key: str
   input_shape: tuple
   num_examples: int | None
-  read: Callable[[np.ndarray], dict]
+  read: Callable[..., dict]
+  reads_step: bool = False
 
 
 def _check_task(task):
@@ -83,12 +86,12 @@ def array_source(task: TaskSpec, inputs: np.ndarray, labels: np.ndarray, *,
 
 
 def generator_source(task: TaskSpec, input_key: str, input_shape: Sequence[int],
-                     generate: Callable[[np.ndarray], dict]) -> TaskSource:
-  """An endless source: ``generate(indices)`` returns the batch of those examples and
-  must be a pure function of the indices (seed it from them, e.g. with
-  ``jax.random.fold_in(key, i)``)."""
+                     generate: Callable[..., dict], *, reads_step: bool = False) -> TaskSource:
+  """An endless source: ``generate(indices)`` (``generate(indices, step)`` with
+  ``reads_step``) returns the batch of those examples and must be a pure function
+  of its arguments (seed it from the indices, e.g. ``jax.random.fold_in(key, i)``)."""
   _check_task(task)
-  return TaskSource(task, input_key, tuple(input_shape), None, generate)
+  return TaskSource(task, input_key, tuple(input_shape), None, generate, reads_step)
 
 
 def builder_source(dataset: str, split: str, task: str | None = None, *,
