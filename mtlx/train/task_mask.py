@@ -22,6 +22,13 @@ read a fake 0 loss or a zero gradient as an observation of task ``k``.
   columns); leaves without a task axis (step counters, PRNG keys, parameter
   shaped moments) are updated as usual.
 
+Caveat (gradient-space methods): the update sees the absent tasks' zero gradient
+rows. Weightings that ignore a zero row (linear scalarization, UPGrad, PCGrad,
+GradVac, …) then act on the present tasks only; MGDA-like min-norm methods do
+not: the convex hull contains 0, so their direction collapses to 0 on such a step.
+Prefer samplers that keep every task present (large batches, no ``unmixed``) with
+those, or a per-step subset of tasks in the method itself.
+
 Task axes: by default every axis of size K of a floating or integer state leaf
 (``task_axes=None``); pass ``task_axes=fn(path, leaf) -> tuple of axes`` when a
 non-task axis can have size K. With every task present the wrapper returns
