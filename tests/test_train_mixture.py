@@ -91,6 +91,8 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_icl_benchmark_writes_table_and_figure(tmp_path):
   c = icl_function_classes.get_config()
+  c.tasks = [c.tasks[0], c.tasks[1]]  # linear and sparse: keeps the test short
+  c.sampler.weights = (1.0, 1.0)
   c.workdir = str(tmp_path / "icl")
   c.num_steps = 4
   c.eval_every = 4
@@ -104,8 +106,8 @@ def test_icl_benchmark_writes_table_and_figure(tmp_path):
   for t in c.tasks:
     t.dim, t.n_points = 4, 6
   result = icl.run(c)
-  assert set(result) == set(icl_function_classes.CLASSES)
-  assert "lasso" in result["sparse_linear_regression"] and "lasso" not in result["relu2_nn"]
+  assert set(result) == {"linear_regression", "sparse_linear_regression"}
+  assert "lasso" in result["sparse_linear_regression"] and "lasso" not in result["linear_regression"]
   assert all(len(v) == 6 for e in result.values() for v in e.values())
   np.testing.assert_allclose(result["linear_regression"]["least_squares"][5], 0, atol=1e-6)
   table = open(tmp_path / "icl" / "icl_table.md").read()
