@@ -194,8 +194,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
   ``devices``: the devices the mesh ``config.mesh`` lays out (default: all of
   them, ``jax.devices()``); the product of the mesh sizes must equal their number.
   Multi-host entry points call ``mtlx.sharding.initialize_distributed()`` before
-  this (``main`` does).
+  this (``main`` does). A config whose ``tasks`` is a list of per-task sources
+  (tasks from separate datasets, ``config.sampler``) runs `experiments.train_mixture`.
   """
+  from experiments import train_mixture  # pylint: disable=import-outside-toplevel
+  if train_mixture.is_mixture_config(config):
+    return train_mixture.train_and_evaluate(config, devices=devices)
   info, tasks = validate(config)
   mesh = make_mesh(config, devices)  # a wrong mesh fails here, before anything is built
   workdir = os.path.abspath(config.workdir)

@@ -1,0 +1,47 @@
+"""In-context learning of function classes as a multi-task problem (Garg et al. 2022).
+
+  python -m experiments.icl_function_classes --config configs/icl_function_classes.py \
+      --config.workdir=runs/icl --config.sampler.name=uniform --config.method=ls
+
+(``python -m experiments.train`` with this config trains without the curves.)
+Tasks: the five function classes of `mtlx.data.function_classes` (prompts made on
+the fly from the seed), all with dimension ``dim`` and ``n_points`` examples per
+prompt; one causal model (``icl_transformer``: the stub in experiments/icl_model.py,
+to be replaced by the library GPT) with one head per class. Sizes here are small so
+a CPU run finishes in minutes; Garg et al. use d = 20, n = 41, a 12-layer GPT-2 and
+500k steps.
+"""
+
+import ml_collections
+
+from configs import digits_mixture
+
+CLASSES = ("linear_regression", "sparse_linear_regression", "noisy_linear_regression",
+           "relu2_nn", "decision_tree")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = digits_mixture.get_config()
+  dim, n_points = 8, 17
+  c.tasks = [ml_collections.ConfigDict({
+      "source": "function_class", "function_class": name, "dim": dim, "n_points": n_points,
+      "sparsity": 3, "noise_std": 0.5, "hidden": 100, "depth": 4,
+      "curriculum_dims": ()})  for name in CLASSES]
+  c.sampler = digits_mixture.sampler_config("uniform")
+  c.sampler.weights = (1.0,) * len(CLASSES)
+  c.model = "icl_transformer"
+  c.model_kwargs = ml_collections.ConfigDict({"width": 64, "depth": 2, "heads": 2})
+  c.learning_rate = 3e-4
+  c.batch_size = 64
+  c.eval_batch_size = 256
+  c.eval_examples = 256      # prompts per class at each eval
+  c.num_steps = 2000
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.workdir = "runs/icl_function_classes"
+  # curriculum_dims (start, increment, interval): Garg et al.'s curriculum on the
+  # dimension for every class, e.g. (2, 1, 200); () = none. Sampler comparisons:
+  # --config.sampler.name=uniform | temperature | loss_proportional | bandit | staged.
+  c.icl = ml_collections.ConfigDict({"eval_prompts": 256, "curriculum_dims": ()})
+  return c

@@ -1,0 +1,117 @@
+"""Multi-dataset runs through experiments/train.py: every sampler builds batches from
+the config, a run resumed from its checkpoint ends exactly like an uninterrupted one,
+and the in-context benchmark writes its table and figure."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import digits_mixture
+from configs import icl_function_classes
+from experiments import icl_function_classes as icl
+from experiments import train as train_lib
+from experiments import train_mixture
+from mtlx import train as mtrain
+
+SAMPLER_OVERRIDES = {
+    "fixed": {"weights": (1.0, 2.0, 0.0)},
+    "proportional": {},
+    "temperature": {"temperature": 3.0},
+    "uniform": {},
+    "unmixed": {"num_slices": 2},
+    "staged": {"stages": [{"steps": 2, "sampler": {"name": "fixed", "weights": [1, 0, 0]}},
+                          {"steps": 1, "sampler": {"name": "uniform"}}]},
+    "bandit": {"algorithm": "ucb"},
+    "loss_proportional": {"epsilon": 0.2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_OVERRIDES))
+def test_every_sampler_from_the_config(name):
+  config = digits_mixture.get_config()
+  config.sampler.name = name
+  for key, value in SAMPLER_OVERRIDES[name].items():
+    config.sampler[key] = value
+  config.batch_size = 8
+  srcs = train_mixture.make_sources(config, "train")
+  it = train_mixture.make_mixture_iterator(config, srcs)
+  per_step = []
+  for _ in range(4):
+    batch = next(it)
+    it.update(np.array([1.0, 2.0, 3.0]))
+    assert batch["image"].shape == (8, 8, 8, 1)
+    per_step.append(it.last_counts)
+  seen = np.sum(per_step, axis=0)
+  assert seen.sum() == 32
+  if name == "fixed":
+    assert seen[2] == 0
+  if name == "staged":
+    assert all(c[0] == 8 for c in per_step[:2])  # the first two steps hold task 0 only
+
+
+def _config(workdir, steps):
+  c = digits_mixture.get_config()
+  c.workdir = str(workdir)
+  c.num_steps = steps
+  c.batch_size = 16
+  c.eval_every = 6
+  c.checkpoint_every = 3
+  c.log_every = 3
+  c.tasks[0].num_examples = 64
+  c.tasks[1].num_examples = 32
+  c.tasks[2].num_examples = 16
+  c.model_kwargs.widths = (4,)
+  c.model_kwargs.hidden = 16
+  c.model_kwargs.head_hidden = 8
+  c.sampler.name = "bandit"      # adaptive: its state must resume too
+  c.weighting = "famo"           # a stateful method, told which tasks are present
+  c.method = "ls"
+  return c
+
+
+def test_resume_continues_exactly(tmp_path):
+  full = train_lib.train_and_evaluate(_config(tmp_path / "full", 12))
+  train_lib.train_and_evaluate(_config(tmp_path / "part", 6))
+  resumed_config = _config(tmp_path / "part", 12)
+  resumed_config.resume = True
+  resumed = train_lib.train_and_evaluate(resumed_config)
+  assert resumed == full
+  rows = lambda d: [r for r in mtrain.read_jsonl(os.path.join(d, "metrics.jsonl"))]
+  a, b = rows(tmp_path / "full"), rows(tmp_path / "part")
+  strip = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}
+  assert [strip(r) for r in a] == [strip(r) for r in b]
+  train_rows = [r for r in a if r["split"] == "train"]
+  assert all(sum(r[f"count/{t}"] for t in ("digit", "rotated", "value")) == 16
+             for r in train_rows)
+  assert train_rows[-1]["examples/digit"] + train_rows[-1]["examples/rotated"] + \
+      train_rows[-1]["examples/value"] == 12 * 16
+
+
+def test_icl_benchmark_writes_table_and_figure(tmp_path):
+  c = icl_function_classes.get_config()
+  c.tasks = [c.tasks[0], c.tasks[1]]  # linear and sparse: keeps the test short
+  c.sampler.weights = (1.0, 1.0)
+  c.workdir = str(tmp_path / "icl")
+  c.num_steps = 4
+  c.eval_every = 4
+  c.checkpoint_every = 4
+  c.log_every = 2
+  c.batch_size = 10
+  c.eval_examples = 8
+  c.icl.eval_prompts = 8
+  c.model_kwargs.width = 16
+  c.model_kwargs.depth = 1
+  for t in c.tasks:
+    t.dim, t.n_points = 4, 6
+  result = icl.run(c)
+  assert set(result) == {"linear_regression", "sparse_linear_regression"}
+  assert "lasso" in result["sparse_linear_regression"] and "lasso" not in result["linear_regression"]
+  assert all(len(v) == 6 for e in result.values() for v in e.values())
+  np.testing.assert_allclose(result["linear_regression"]["least_squares"][5], 0, atol=1e-6)
+  table = open(tmp_path / "icl" / "icl_table.md").read()
+  assert table.count("\n") == 2 + sum(len(e) for e in result.values())
+  assert os.path.getsize(tmp_path / "icl" / "icl_curves.png") > 1000
+  with open(tmp_path / "icl" / "icl_curves.json") as f:
+    assert json.load(f) == result
