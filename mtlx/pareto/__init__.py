@@ -19,6 +19,24 @@ Reached lazily as ``mtlx.pareto``.
 """
 
 from mtlx.pareto import problems
+from mtlx.pareto.cosmos import condition_on_preference
+from mtlx.pareto.cosmos import cosmos_objective
+from mtlx.pareto.front import convex_combination
+from mtlx.pareto.front import front_losses
+from mtlx.pareto.hypernetwork import Hypernetwork
+from mtlx.pareto.hypernetwork import hypernetwork
+from mtlx.pareto.hypernetwork import phn_epo_grads
+from mtlx.pareto.hypernetwork import phn_objective
+from mtlx.pareto.manifold import pamal_init
+from mtlx.pareto.manifold import pamal_objective
+from mtlx.pareto.manifold import pamal_params
+from mtlx.pareto.palora import PaLoRAParams
+from mtlx.pareto.palora import palora_init
+from mtlx.pareto.palora import palora_objective
+from mtlx.pareto.palora import palora_params
+from mtlx.pareto.palora import palora_schedule
+from mtlx.pareto.soups import soup
+from mtlx.pareto.soups import soup_front
 from mtlx.pareto.epo import epo
 from mtlx.pareto.epo import epo_weights
 from mtlx.pareto.metrics import hypervolume
@@ -46,6 +64,10 @@ from mtlx.pareto.scalarizations import tchebycheff
 from mtlx.pareto.scalarizations import tchebycheff_weights
 
 __all__ = [
+    "Hypernetwork", "PaLoRAParams", "condition_on_preference", "convex_combination",
+    "cosmos_objective", "front_losses", "hypernetwork", "pamal_init", "pamal_objective",
+    "pamal_params", "palora_init", "palora_objective", "palora_params", "palora_schedule",
+    "phn_epo_grads", "phn_objective", "soup", "soup_front",
     "check_preference", "circle_points", "cosine_penalty", "cosine_penalty_weights",
     "epo", "epo_weights", "hypervolume", "igd", "igd_plus", "linear",
     "linear_weights", "non_dominated", "non_dominated_mask", "pbi", "pbi_weights",
