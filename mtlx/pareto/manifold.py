@@ -31,9 +31,11 @@ PyTree = Any
 def pamal_init(init_fn: Callable[[jax.Array], PyTree], key: jax.Array,
                num_tasks: int) -> PyTree:
   """``K`` independently initialised anchors, stacked on a leading K axis
-  (``init_fn(key) -> params``; the paper's ``reinit_flag=True``)."""
+  (``init_fn(key) -> params``, called once per anchor on the host, so it may
+  build a model; the paper's ``reinit_flag=True``)."""
   validation.require_num_tasks(num_tasks, "pamal_init")
-  return jax.vmap(init_fn)(jax.random.split(key, num_tasks))
+  anchors = [init_fn(k) for k in jax.random.split(key, num_tasks)]
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *anchors)
 
 
 def pamal_params(anchors: PyTree, preference: jax.Array) -> PyTree:
