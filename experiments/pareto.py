@@ -26,7 +26,8 @@ the grid's preferences. Writes ``{workdir}/pareto.md`` and ``pareto.csv`` (one r
 per method: steps, wall time including compilation, hypervolume with the
 reference point, IGD / IGD⁺ against the reference front where one is known,
 spread, non-dominated count) and ``pareto_front.png`` (every method's front,
-2-D scatter; pairwise projections for 3 tasks). The reference point is shared
+2-D scatter, log axes when every loss is positive; pairwise projections for 3
+tasks) and ``fronts.npz`` (every front and the reference point). The reference point is shared
 by all rows: ``max + 0.1 (max - min)`` per objective over every method's points.
 
 ``--problem=toy``: the two-task toy of ``mtlx.problems.toy`` (no data; the params
@@ -319,6 +320,7 @@ def report(problem: Problem, fronts: dict, runs: dict, workdir: str) -> list[dic
       row["igd_plus"] = pareto.igd_plus(pts, problem.reference_front)
     rows.append(row)
   os.makedirs(workdir, exist_ok=True)
+  np.savez(os.path.join(workdir, "fronts.npz"), reference_point=ref, **fronts)
   keys = ["method", "kind", "steps", "time_s", "hypervolume", "igd", "igd_plus", "spread",
           "non_dominated"]
   keys = [k for k in keys if any(k in r for r in rows)]
@@ -361,6 +363,10 @@ def plot(problem: Problem, fronts: dict, path: str) -> None:
       order = np.argsort(pts[:, a])
       ax.plot(pts[order, a], pts[order, b], marker=markers[j % len(markers)], ms=5, lw=0.8,
               alpha=0.85, label=name)
+    allpts = np.concatenate([p for p in fronts.values() if np.all(np.isfinite(p))])
+    if np.all(allpts > 0):  # losses spanning decades (untrained extremes): log axes
+      ax.set_xscale("log")
+      ax.set_yscale("log")
     ax.set_xlabel(f"test loss: {problem.task_names[a]}")
     ax.set_ylabel(f"test loss: {problem.task_names[b]}")
     ax.grid(alpha=0.3)
