@@ -140,14 +140,19 @@ def data_problem(config) -> Problem:
 
   fns, _ = build(tuple(info.input_shape), config.seed)
   cond_shape = tuple(info.input_shape[:-1]) + (info.input_shape[-1] + k,)
-  cond_fns, _ = build(cond_shape, config.seed)
+  cond_cache = {}
+
+  def cond_fns_():  # the r-conditioned model (COSMOS), built on first use
+    if "fns" not in cond_cache:
+      cond_cache["fns"] = build(cond_shape, config.seed)[0]
+    return cond_cache["fns"]
 
   def loss(params, batch):
     return mlosses.task_losses(tasks, fns.apply(params, batch[info.input_key]), batch)
 
   def cond_loss(params, batch, r):
     x = pareto.condition_on_preference(batch[info.input_key], r)
-    return mlosses.task_losses(tasks, cond_fns.apply(params, x), batch)
+    return mlosses.task_losses(tasks, cond_fns_().apply(params, x), batch)
 
   test = [dict(b) for b in mdata.make_iterator(
       config.dataset, config.eval_split, batch_size=config.eval_batch_size, shuffle=False,
