@@ -54,7 +54,8 @@ def hypervolume(points: Any, reference_point: Any) -> float:
   (Zitzler & Thiele 1998; ``λ`` the Lebesgue measure). Points that do not
   strictly dominate ``ρ`` in every objective contribute nothing; dominated and
   duplicated points change nothing. Exact, by ``moocore.hypervolume``
-  (Fonseca et al. 2006 in 2-D/3-D, HV4D⁺ in 4-D, WFG-type beyond). An empty
+  (Fonseca et al. 2006 in 2-D, HV3D⁺/HV4D⁺ in 3-D/4-D, exact higher-dimensional
+  algorithms beyond). An empty
   set has hypervolume 0. Larger is better; only values with the same ``ρ`` are
   comparable, so always report ``ρ`` with the number.
   """
