@@ -60,3 +60,43 @@ def nash_mtl_run(jacs, max_norm=1.0, update_weights_every=1):
       d = d * max_norm / n
     out.append(d)
   return np.array(out)
+
+
+# ---------------------------------------------------------------------------
+# CAGrad (Liu et al., NeurIPS 2021): the optimal value of the primal problem
+#   V* = max_{‖d - g0‖ ≤ r} min_k ⟨g_k, d⟩,  g0 = mean of the rows, r = c ‖g0‖,
+# exactly, for Jacobians with two columns (rows in the plane).
+# ---------------------------------------------------------------------------
+
+def cagrad_primal_value(jac, c):
+  """``V*`` for a ``K × 2`` Jacobian, by exact enumeration.
+
+  ``f(d) = min_k ⟨g_k, d⟩`` is concave and positively homogeneous, so its
+  maximum over the disk is ``f(0) = 0`` when 0 is in the disk and no point of
+  the disk does better, and otherwise lies on the circle
+  ``d = g0 + r (cos θ, sin θ)``, where ``f`` is a minimum of sinusoids
+  ``a_k + r(x_k cos θ + y_k sin θ)``; the maximum of such a minimum is at the
+  peak of one sinusoid or at a crossing of two, all enumerated in closed form.
+  """
+  jac = np.asarray(jac, np.float64)
+  assert jac.shape[1] == 2
+  g0 = jac.mean(0)
+  r = c * np.linalg.norm(g0)
+  f = lambda d: np.min(jac @ d)
+  cands = [0.0] if np.linalg.norm(g0) <= r else []
+  if r == 0:
+    return max(cands + [f(g0)])
+  a = jac @ g0
+  thetas = [np.arctan2(y, x) for x, y in jac]
+  for i, j in itertools.combinations(range(len(jac)), 2):
+    dx, dy = r * (jac[i] - jac[j])
+    da = a[i] - a[j]
+    rad = np.hypot(dx, dy)
+    if rad == 0 or abs(da) > rad:
+      continue
+    phi = np.arctan2(dy, dx)
+    delta = np.arccos(np.clip(-da / rad, -1.0, 1.0))
+    thetas += [phi + delta, phi - delta]
+  for t in thetas:
+    cands.append(f(g0 + r * np.array([np.cos(t), np.sin(t)])))
+  return max(cands)
