@@ -37,7 +37,7 @@ def _min_row_gain(gramian, w):
 
 
 def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
-                   num_iters: int = 50, qp_iters: int = 30,
+                   num_iters: int = 30, qp_iters: int = 30,
                    scale_by_num_tasks: bool = False) -> jax.Array:
   """CAGrad weights of the Gramian.
 
@@ -88,25 +88,29 @@ def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
   uniform = jnp.full((k,), 1.0 / k, dtype)
 
   lip = solvers._lipschitz(g)  # pylint: disable=protected-access
-  w_mn = solvers.simplex_qp(g, None, lipschitz=lip)
-  n_mn = jnp.sqrt(jnp.maximum(w_mn @ g @ w_mn, 0.0))
   n_max = jnp.sqrt(jnp.max(jnp.diag(g)))
-  log_lo = jnp.log(jnp.maximum(n_mn, eps) / r_safe)
-  log_hi = jnp.log((n_max + eps) / r_safe)
+  full = k + solvers.QP_REFINE
 
-  def path(log_tau, init, num_refine=None):
-    return solvers.simplex_qp(g, jnp.exp(log_tau) * b, num_iters=qp_iters,
-                              num_refine=num_refine, init=init, lipschitz=lip)
-
-  def body(_, carry):
+  # One loop, one QP call site (compiles once): step 0 is the min-norm point
+  # (τ = 0) that sets the lower end of the bracket, steps 1..num_iters bisect,
+  # the last step solves at the upper end with the full active-set phase.
+  def body(i, carry):
     lo, hi, w = carry
-    mid = 0.5 * (lo + hi)
-    w = path(mid, w, 4)
-    below = r * jnp.exp(mid) < jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
-    return jnp.where(below, mid, lo), jnp.where(below, hi, mid), w
+    first, last = i == 0, i == num_iters + 1
+    log_tau = jnp.where(last, hi, 0.5 * (lo + hi))
+    tau = jnp.where(first, 0.0, jnp.exp(log_tau))
+    refine = jnp.where(first | last, full, 4)
+    w = solvers.simplex_qp(g, tau * b, num_iters=qp_iters, num_refine=refine,
+                           init=w, lipschitz=lip)
+    norm = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
+    below = r * tau < norm
+    lo_new = jnp.where(first, jnp.log(jnp.maximum(norm, eps) / r_safe),
+                       jnp.where(below & ~last, log_tau, lo))
+    hi_new = jnp.where(first | below | last, hi, log_tau)
+    return lo_new, hi_new, w
 
-  _, hi, w = jax.lax.fori_loop(0, num_iters, body, (log_lo, log_hi, w_mn))
-  w = path(hi, w)
+  log_hi = jnp.log((n_max + eps) / r_safe)
+  _, _, w = jax.lax.fori_loop(0, num_iters + 2, body, (log_hi, log_hi, uniform))
   polished = _face_closed_form(g, b, r, w > 0)
   f_w, f_p = _objective(g, b, r, w), _objective(g, b, r, polished)
   ok = (jnp.all(jnp.isfinite(polished)) & jnp.all(polished >= 0)
@@ -131,7 +135,7 @@ def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
   return weights * k if scale_by_num_tasks else weights
 
 
-def cagrad(c: float = 0.4, *, rescale: bool = True, num_iters: int = 50,
+def cagrad(c: float = 0.4, *, rescale: bool = True, num_iters: int = 30,
            qp_iters: int = 30,
            scale_by_num_tasks: bool = False) -> optax.GradientTransformationExtraArgs:
   """CAGrad as a gradient-space transform.

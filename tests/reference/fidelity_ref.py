@@ -100,3 +100,26 @@ def cagrad_primal_value(jac, c):
   for t in thetas:
     cands.append(f(g0 + r * np.array([np.cos(t), np.sin(t)])))
   return max(cands)
+
+
+# ---------------------------------------------------------------------------
+# IMTL-G (Liu et al., ICLR 2021) in the pseudo-inverse form of Quinton & Rey
+# (2024) / TorchJD: w ∝ G⁺ n, n_k = ‖g_k‖, Σ w = 1.
+# ---------------------------------------------------------------------------
+
+def imtl_g(jac):
+  gram = jac @ jac.T
+  v = np.linalg.pinv(gram, rcond=1e-10, hermitian=True) @ np.linalg.norm(jac, axis=1)
+  return (v / v.sum()) @ jac if abs(v.sum()) > 1e-10 * np.abs(v).sum() else np.zeros(jac.shape[1])
+
+
+# ---------------------------------------------------------------------------
+# Aligned-MTL (Senushkin et al., CVPR 2023) with pre-defined task weights p:
+# J = U S Vᵀ (rank R), aligned rows σ_R U_R V_Rᵀ, d = pᵀ (aligned rows).
+# ---------------------------------------------------------------------------
+
+def aligned_mtl(jac, pref):
+  u, s, vt = np.linalg.svd(jac, full_matrices=False)
+  keep = s ** 2 > s[0] ** 2 * len(jac) * np.finfo(float).eps
+  u, s, vt = u[:, keep], s[keep], vt[keep]
+  return np.asarray(pref, float) @ (s.min() * u @ vt)
