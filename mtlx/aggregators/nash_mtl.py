@@ -99,10 +99,12 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: 
     max_norm: clip ``‖d‖`` to this value (paper code default 1.0; ``0`` disables).
     update_weights_every: solve for α every this many updates and reuse the last
       α in between (paper: 1; larger values save the solve, not the Gramian).
-    optim_niter: Newton steps per solve (paper: 20 CCP iterations). From the
-      warm start 3–6 steps reach float64 round-off (relative residual of
-      ``α∘(Gα) = 1`` below ``1e-12``) on well-conditioned Gramians; a cold start
-      at ``α̂ = 1`` needs more for ill-conditioned ones.
+    optim_niter: Newton steps per solve, a fixed count (paper: 20 CCP
+      iterations). Measured in float64 (K ≤ 8, gradient scales 1e-4 … 1e4):
+      the residual ``max_k |α_k (Gα)_k - 1|`` is below ``1e-15`` after 10 steps
+      from the first step's start and after 6 steps warm-started from the
+      previous solution (gradients changed by 5 %); 20 leaves a margin for
+      ill-conditioned Gramians.
     num_tasks: K (the state holds ``α ∈ R^K``).
 
   Properties: non-conflicting (``⟨g_k, d⟩ = 1/α_k > 0`` at the solution,
