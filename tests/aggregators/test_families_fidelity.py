@@ -4,7 +4,8 @@ Matrices: tests/matrix_families.py (zero, normal, rank-deficient, strong,
 strictly weak, non-weak; scaled by 0 … 1e15), float64. Assertions and
 tolerances are TorchJD's (tests/unit/aggregation/_asserts.py):
 
-- structure: a finite update of the right shape, on every typical and scaled matrix;
+- structure: a finite update of the right shape, on every typical and scaled matrix
+  (float64), and on the scaled ones in float32;
 - permutation-invariant: ``atol = rtol = 1e-4`` (5 random row permutations);
 - linear under scaling: ``A(diag(αc₁+βc₂)J) = αA(diag(c₁)J) + βA(diag(c₂)J)``,
   ``atol = rtol = 1e-4`` (5 draws of ``c₁, c₂ ∈ U(0,1)^K``, ``α, β ∈ U(0,1)``);
@@ -64,6 +65,16 @@ def test_expected_structure(name):
   for family, matrix in TYPICAL + SCALED:
     d = _aggregate(name, matrix)
     assert d.shape == matrix.shape[1:], (family, matrix.shape)
+    assert np.all(np.isfinite(d)), (name, family, matrix.shape, np.abs(matrix).max())
+
+
+@pytest.mark.parametrize("name", sorted(STATELESS) + sorted(STATEFUL))
+def test_expected_structure_float32_scaled(name):
+  """float32 inputs scaled by 0 … 1e15 (Gramian entries up to 1e30) stay finite."""
+  for family, matrix in SCALED:
+    if matrix.shape[0] == 1:
+      continue
+    d = _aggregate(name, matrix.astype(np.float32))
     assert np.all(np.isfinite(d)), (name, family, matrix.shape, np.abs(matrix).max())
 
 
