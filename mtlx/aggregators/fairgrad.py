@@ -33,7 +33,9 @@ def fairgrad_weights(gramian, warm_start=None, *, alpha: float = 1.0,
             \\qquad ψ'(w) = w^{-1/α},
 
   solved here by damped Newton steps (Hessian ``G̃ + diag(w^{-1/α-1}/α)``,
-  backtracking over ``t = 1, 1/2, …, 2^{-29}`` that keeps ``w > 0`` and
+  with the curvature floored at ``16 K ε`` so the step stays finite where it
+  underflows at the cap next to a singular Gramian; a non-finite step is
+  dropped; backtracking over ``t = 1, 1/2, …, 2^{-29}`` that keeps ``w > 0`` and
   decreases ``h`` or the residual) on the normalised ``G̃ = G / m`` with
   ``m = mean(diag G)``; then ``w = w̃ m^{-α/(1+α)}``, so the weights are exact
   under any scaling of the gradients. The official code calls
@@ -41,9 +43,12 @@ def fairgrad_weights(gramian, warm_start=None, *, alpha: float = 1.0,
 
   Stopping rule: ``max_k |(G̃w̃ - w̃^{-1/α})_k| ≤ tol · max_k w̃_k^{-1/α}`` or
   ``max_iters`` Newton steps (``lax.while_loop``); ``tol`` defaults to 1e-12
-  (float64) / 1e-6 (float32). ``w̃`` is kept in ``[1e-10, max_weight]``: when no
-  positive solution exists (a zero gradient, exactly opposite gradients) the
-  weights of the offending tasks grow to ``max_weight`` instead of diverging.
+  (float64) / 1e-6 (float32). ``w̃`` is kept in ``[w_min, max_weight]`` with
+  ``w_min = max(1e-10, max_float^{-α/4})`` (so ``w̃^{-1/α}`` cannot overflow;
+  about 0.11 for α = 0.1 in float32): when no positive solution exists (a zero
+  gradient, exactly opposite gradients ``[g, -g]``, ``[g, -2g]``, signed rank-1
+  Jacobians) the weights of the offending tasks grow to ``max_weight`` instead
+  of diverging, and stay finite for every finite input.
 
   Args:
     gramian: ``[K, K]`` Gramian.
@@ -60,7 +65,14 @@ def fairgrad_weights(gramian, warm_start=None, *, alpha: float = 1.0,
   k = gramian.shape[0]
   dtype = gramian.dtype
   tol = solvers.default_tol(dtype) if tol is None else tol
-  w_min = 1e-10
+  finfo = jnp.finfo(dtype)
+  # Lower bound: w^{-1/α} and the squared residual stay finite in ``dtype``
+  # (w^{-1/α} ≤ max^{1/4}); 1e-10 unless α is small in float32.
+  w_min = max(1e-10, float(finfo.max) ** (-alpha / 4.0))
+  # Curvature floor of the Newton system (the normalised Gramian has mean
+  # diagonal 1): keeps the step finite where the barrier's curvature
+  # w^{-1/α-1}/α underflows at the weight cap next to a singular Gramian.
+  ridge = 16 * k * float(finfo.eps)
   inv_a = 1.0 / alpha
   m = jnp.mean(jnp.diagonal(gramian))
   safe_m = jnp.where(m > 0, m, jnp.ones_like(m))
@@ -87,8 +99,9 @@ def fairgrad_weights(gramian, warm_start=None, *, alpha: float = 1.0,
   def body(carry):
     i, w, _ = carry
     f = residual(w)
-    hess = gn + jnp.diag(inv_a * w ** (-inv_a - 1.0))
+    hess = gn + jnp.diag(jnp.maximum(inv_a * w ** (-inv_a - 1.0), ridge))
     delta = -jnp.linalg.solve(hess, f)
+    delta = jnp.where(jnp.all(jnp.isfinite(delta)), delta, jnp.zeros_like(delta))
     cand = w[None, :] + steps[:, None] * delta[None, :]
     pos = jnp.all(cand > 0, axis=1)
     safe = jnp.where(pos[:, None], cand, w[None, :])
@@ -96,7 +109,7 @@ def fairgrad_weights(gramian, warm_start=None, *, alpha: float = 1.0,
     r_c = jax.vmap(lambda x: jnp.sum(residual(x) ** 2))(safe)
     ok = pos & ((h_c <= h(w) + 1e-4 * steps * (f @ delta)) | (r_c < jnp.sum(f ** 2)))
     t = jnp.where(jnp.any(ok), steps[jnp.argmax(ok)], 0.0)
-    w_new = jnp.clip(w + t * delta, w_min, max_weight)
+    w_new = jnp.where(t > 0, jnp.clip(w + t * delta, w_min, max_weight), w)
     return i + 1, w_new, rel_res(w_new)
 
   def cond(carry):

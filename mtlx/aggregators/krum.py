@@ -50,7 +50,9 @@ def krum(n_byzantine: int, n_selected: int = 1) -> optax.GradientTransformationE
   "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent",
   NeurIPS 2017; El Mhamdi et al. 2018 for Multi-Krum; TorchJD's ``Krum``).
   Distances come from the Gramian, so this is a Gramian weighting
-  (:func:`krum_weights`) and never flattens the model.
+  (:func:`krum_weights`) and never flattens the model. Convention: the scores
+  sum *squared* distances, as in the paper; TorchJD's ``Krum`` sums plain
+  distances, so the selected rows can differ when the distances are uneven.
 
   Args:
     n_byzantine: the number ``f`` of rows that may be adversarial; needs

@@ -60,7 +60,10 @@ def pcgrad(seed: int = 0) -> optax.GradientTransformationExtraArgs:
   (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020, Alg. 1);
   the update is the sum ``d = Σ_i g_i^{PC}``. Each task draws its own order every
   step (as LibMTL and the PyTorch port do; the authors' TF code shares one
-  order). Written as a weighting of the Gramian (:func:`pcgrad_weights`): each
+  order). Convention: LibMTL and the authors' code loop ``j`` over all tasks,
+  so ``g_i^{PC}`` is also projected on its own ``g_i`` when it has turned
+  against it; mtlx follows the paper's ``j ≠ i`` (the updates differ only for
+  K > 2 and only on such steps). Written as a weighting of the Gramian (:func:`pcgrad_weights`): each
   projected gradient is a combination of the rows, so the surgery costs ``O(K³)``
   on ``G`` instead of ``O(K² P)`` on the model.
 

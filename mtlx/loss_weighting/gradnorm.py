@@ -80,7 +80,10 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 0.025, *,
   throws weights to 0); mtlx therefore steps ``w`` with Adam (β = 0.9, 0.999,
   ε = 1e-8) at ``learning_rate``, which moves each weight by about η per update
   whatever the loss scale. The clamp at 0 (not in the paper) only acts if a step
-  would make a weight negative.
+  would make a weight negative. Convention: LibMTL parametrises
+  ``w = K · softmax(θ)`` and steps ``θ``; mtlx steps ``w`` itself (clamped at 0,
+  renormalised to ``Σ w = K``), so the weights agree at the start (all 1) but
+  their trajectories differ.
 
   Args:
     alpha: ``α``, the restoring-force strength (paper: 1.5 on NYUv2; 0.12 on

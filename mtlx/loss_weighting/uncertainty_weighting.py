@@ -41,7 +41,8 @@ def uncertainty_weighting(learning_rate: float = 0.025, *,
       network's optimizer and gives no separate rate; 0.025 is mtlx's default
       (the rate FAMO and GradNorm use for their weight parameters).
     num_tasks: K (required: the state holds ``s ∈ R^K``, initialised to 0,
-      i.e. ``w = ½``).
+      i.e. ``w = ½``, as the paper's ``σ = 1``; LibMTL starts at
+      ``s_k = -0.5``, i.e. ``w = ½ e^{0.5} ≈ 0.82``).
 
   Returns:
     A loss-space ``optax.GradientTransformationExtraArgs``; state

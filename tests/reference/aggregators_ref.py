@@ -139,20 +139,23 @@ def imtl_g(jac):
 
 
 def nash_mtl(jacs, max_norm=1.0, sweeps=2000):
-  """Navon et al. 2022: alpha with (G/|G|_F) alpha = 1/alpha, by exact coordinate
-  descent on 0.5 a^T G a - sum log a (closed-form scalar minimiser), then
+  """Navon et al. 2022: alpha with G alpha = 1/alpha (raw Gramian, as the paper and
+  the authors' code), by exact coordinate descent on 0.5 a^T Gn a - sum log a
+  (closed-form scalar minimiser) for Gn = G/|G|_F, then alpha = a/sqrt(|G|_F);
   d = sum alpha_k g_k with |d| clipped to max_norm. ``jacs``: [N, K, P] (batched
   over N for speed) or one [K, P]."""
   single = jacs.ndim == 2
   jacs = jacs[None] if single else jacs
   g = np.einsum("nkp,nlp->nkl", jacs, jacs)
-  g = g / np.linalg.norm(g, axis=(1, 2), keepdims=True)
+  nf = np.linalg.norm(g, axis=(1, 2))
+  g = g / nf[:, None, None]
   a = np.ones(g.shape[:2])
   for _ in range(sweeps):
     for i in range(g.shape[1]):
       gii = g[:, i, i]
       bi = np.einsum("nk,nk->n", g[:, i], a) - gii * a[:, i]
       a[:, i] = (-bi + np.sqrt(bi * bi + 4 * gii)) / (2 * gii)
+  a = a / np.sqrt(nf)[:, None]
   d = np.einsum("nk,nkp->np", a, jacs)
   if max_norm:
     n = np.linalg.norm(d, axis=1, keepdims=True)
