@@ -57,6 +57,15 @@ class Method(NamedTuple):
     return sorted(n for n, p in params.items() if n != "num_tasks" and p.kind in (
         p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
+  def config_defaults(self) -> dict:
+    """The constructor's defaults a config can hold and a flag can override
+    (bool, int, float, str, tuple values; registry defaults included)."""
+    params = inspect.signature(self.constructor).parameters
+    out = {n: p.default for n, p in params.items()
+           if n in self.accepted() and p.default is not p.empty
+           and isinstance(p.default, (bool, int, float, str, tuple))}
+    return dict(out, **self.defaults)
+
   def build(self, num_tasks: int | None = None, kwargs: dict | None = None):
     """The transform, from ``defaults`` updated with ``kwargs`` (a dict or ConfigDict).
 
@@ -184,7 +193,8 @@ def check_names(method: str, weighting: str | None = "none") -> None:
   for w in weighting_names(weighting):
     if w not in losses:
       raise ValueError(f"config.weighting={weighting!r}: {w!r} is not a loss-space "
-                       f"method; expected 'none' or '+'-joined names of {sorted(losses)}.")
+                       f"method; expected 'none' or one of {sorted(losses)} (several "
+                       "joined with '+').")
 
 
 def build(method: str, weighting: str | None = "none", num_tasks: int | None = None, *,

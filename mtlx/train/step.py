@@ -167,14 +167,18 @@ def engine_reasons(loss_tx, grad_tx, *, extra_batches: int = 0,
   return {e: out.get(e) for e in ENGINES}
 
 
-def check_engine(engine: str, loss_tx, grad_tx, **kwargs) -> None:
-  """Raises ValueError if ``engine`` cannot serve the methods: why, and which engines can."""
+def check_engine(engine: str, loss_tx, grad_tx, *, label: str | None = None,
+                 **kwargs) -> None:
+  """Raises ValueError if ``engine`` cannot serve the methods: why, and which engines can.
+
+  ``label`` names the methods in the message (default: the transforms' names).
+  """
   if engine not in ENGINES:
     raise ValueError(f"engine={engine!r}; expected 'auto' or one of {list(ENGINES)}.")
   reasons = engine_reasons(loss_tx, grad_tx, **kwargs)
   if reasons[engine] is not None:
     can = [e for e in ENGINES if reasons[e] is None]
-    names = "+".join([_name(t) for t in _loss_list(loss_tx)] + [_name(grad_tx)])
+    names = label or "+".join([_name(t) for t in _loss_list(loss_tx)] + [_name(grad_tx)])
     raise ValueError(f"engine={engine!r} cannot serve {names}: {reasons[engine]}; "
                      f"expected one of the engines that can: {can}.")
 
@@ -191,7 +195,7 @@ def gramian_coverage(loss_fn: Callable, params, example_batch) -> float:
 
 def choose_engine(loss_tx, grad_tx, *, loss_fn: Callable | None = None, params=None,
                   example_batch=None, extra_batches: int = 0, rep_grad: bool = False,
-                  representation: bool = True) -> str:
+                  representation: bool = True, label: str | None = None) -> str:
   """The cheapest engine that serves the methods (see the module docstring).
 
   ``gramian`` needs ``loss_fn``, ``params`` and ``example_batch`` to read the
@@ -201,7 +205,7 @@ def choose_engine(loss_tx, grad_tx, *, loss_fn: Callable | None = None, params=N
                            representation=representation)
   if rep_grad:
     check_engine("representation", loss_tx, grad_tx, extra_batches=extra_batches,
-                 representation=representation)
+                 representation=representation, label=label)
     return "representation"
   if reasons["one_backward"] is None:
     return "one_backward"
@@ -301,7 +305,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
               representation: Representation | None = None,
               chunk_size: int | None = None, extra_batches: int = 0,
               mesh: Any = None, param_rule: str = "fsdp", shard_tasks: bool = True,
-              min_size: int = 2 ** 10, donate: bool = False) -> Step:
+              min_size: int = 2 ** 10, donate: bool = False,
+              label: str | None = None) -> Step:
   """The jitted MTO train step ``(state, batch) -> (state, info)`` of any engine.
 
   Args:
@@ -328,6 +333,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       metrics come out replicated. ``None``: plain ``jax.jit``.
     param_rule / shard_tasks / min_size: see :func:`mtlx.sharding.step_shardings`.
     donate: donate the state's buffers to the step.
+    label: the methods' names for messages and the log (e.g. ``"dwa+upgrad"``).
 
   Raises:
     ValueError: before anything is built, for an engine that cannot serve the
@@ -342,8 +348,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     engine = choose_engine(loss_txs, grad_tx, loss_fn=loss_fn, params=params,
                            example_batch=example_batch, **kw)
     logging.info("engine='auto' chose %r for %s", engine,
-                 "+".join([_name(t) for t in loss_txs] + [_name(grad_tx)]))
-  check_engine(engine, loss_txs, grad_tx, **kw)
+                 label or "+".join([_name(t) for t in loss_txs] + [_name(grad_tx)]))
+  check_engine(engine, loss_txs, grad_tx, label=label, **kw)
   n_parts = 1 + extra_batches
   weighting = isinstance(grad_tx, GramianWeighting) and not isinstance(
       grad_tx, CrossGramianWeighting)
@@ -583,7 +589,7 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  engine=engine, params=params, example_batch=example_batch,
                  representation=rep, chunk_size=chunk_size, extra_batches=extra_batches,
                  mesh=mesh, param_rule=param_rule, shard_tasks=shard_tasks,
-                 min_size=min_size)
+                 min_size=min_size, label=f"weighting={weighting!r}, method={method!r}")
   if st.shardings is not None:
     st.shardings.check_num_tasks(k)
   replicate = (lambda t: t) if st.shardings is None else (
