@@ -19,6 +19,7 @@ from mtlx.train.step import choose_engine
 from mtlx.train.step import cosine_matrix
 from mtlx.train.step import engine_reasons
 from mtlx.train.step import finalize_eval
+from mtlx.train.step import gramian_coverage
 from mtlx.train.step import make_optimizer
 from mtlx.train.step import make_step
 from mtlx.train.step import make_trainer
@@ -29,7 +30,7 @@ from mtlx.train.writer import read_jsonl
 __all__ = [
     "Checkpointer", "ENGINES", "MetricWriter", "PATHS", "Representation", "Step",
     "TrainState", "Trainer", "build_mto", "check_engine", "check_method_names",
-    "choose_engine", "cosine_matrix", "engine_reasons", "finalize_eval",
+    "choose_engine", "cosine_matrix", "engine_reasons", "finalize_eval", "gramian_coverage",
     "make_optimizer", "make_step", "make_trainer", "read_jsonl", "span_weights", "task_loss",
     "task_losses",
 ]
