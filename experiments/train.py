@@ -17,7 +17,8 @@ before anything is built, saying which can. ``config.method_kwargs``,
 the constructors (an unknown key: ``ValueError`` naming it and the accepted ones).
 
 Writes to ``workdir``: ``config.json``; ``metrics.jsonl`` (``split="train"`` rows
-every ``log_every`` steps with ``loss/<task>``, ``weight/<task>``, ``grad_norm``,
+every ``log_every`` steps with ``loss/<task>``, ``weight/<task>`` (``weights_exact``
+1: the weights the methods used; 0: the least-squares fit of the update), ``grad_norm``,
 ``cos/<a>/<b>`` (every pair up to 16 tasks), ``cos_mean``, ``cos_min``,
 ``cos_frac_negative`` and ``time/step_s``; ``split="eval"`` (and ``"val"``) rows every
 ``eval_every`` steps with ``loss/<task>`` and ``<metric>/<task>``); TensorBoard
@@ -218,6 +219,8 @@ def _train_row(info: dict, names) -> dict:
     row[f"loss/{n}"] = float(info["losses"][i])
     row[f"weight/{n}"] = float(info["weights"][i])
   row["grad_norm"] = float(info["grad_norm"])
+  if "weights_exact" in info:  # 1: the weights the methods used; 0: a least-squares fit
+    row["weights_exact"] = float(info["weights_exact"])
   if "cosines" in info and len(names) > 1:
     c = np.asarray(info["cosines"], np.float64)
     off = c[np.triu_indices(len(names), 1)]

@@ -342,8 +342,8 @@ def step_shardings(params: PyTree, mesh: Mesh, *, param_rule: str = "replicated"
                    shard_tasks: bool = False, min_size: int = 2 ** 10) -> StepShardings:
   """The params' and per-task grads' shardings of a train step on ``mesh``.
 
-  The one place both :func:`make_sharded_step` and the experiment trainer
-  (:func:`mtlx.train.make_trainer` with ``mesh=``) get their shardings from; a
+  The one place the train step (:func:`mtlx.train.make_step` with ``mesh=``, also
+  behind :func:`mtlx.train.make_trainer`) gets its shardings from; a
   step constrains its params / state (:meth:`StepShardings.state`), batch
   (:meth:`StepShardings.batch`) and per-task grads (``.task_grads``) to them with
   ``jax.lax.with_sharding_constraint``.
