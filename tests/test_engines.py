@@ -49,8 +49,8 @@ def _run(loss_tx, grad_tx, engine, params, batch, steps=STEPS):
 
 
 def _max_rel(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) /
-                   max(np.max(np.abs(np.asarray(y))), 1e-300))
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))) /
+                   max(float(np.max(np.abs(np.asarray(y, np.float64)))), 1e-300))
              for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
@@ -233,3 +233,35 @@ def test_engines_agree_on_the_multi_digits_cnn_in_float32():
     out[engine] = state.params
   assert _max_rel(out["gramian"], out["jacobian"]) <= 1e-5
   assert _max_rel(out["gramian"], params) > 1e-4  # it moved
+
+
+def test_config_kwargs_are_data_and_unknown_keys_fail_before_training():
+  import ml_collections
+  from configs import multi_digits as md_config
+  from experiments import train as train_exp
+  c = md_config.get_config("method=cagrad,weighting=dwa")
+  assert c.method_kwargs.c == 0.4 and c.weighting_kwargs.temperature == 2.0
+  c.method_kwargs.c = 0.5
+  loss_tx, grad_tx = train_exp.build_methods(c, 2)
+  assert isinstance(loss_tx, mtlx.LossWeighting) and isinstance(grad_tx, mtlx.GramianWeighting)
+  cases = [("method_kwargs", {"cc": 0.5}, r"'cagrad' got unknown argument\(s\) \['cc'\]; "
+                                          r"expected some of \['c', 'num_iters'"),
+           ("weighting_kwargs", {"temp": 1.0}, r"'dwa' got unknown argument\(s\) \['temp'\]; "
+                                              r"expected some of \['temperature'\]"),
+           ("model_kwargs", {"widths": (4,), "num_experts": 2},
+            r"\['num_experts'\] that model 'hps' does not take; expected some of "
+            r"\['head_hidden', 'hidden', 'widths'\]")]
+  for key, value, pattern in cases:
+    bad = md_config.get_config("method=cagrad,weighting=dwa")
+    bad[key] = ml_collections.ConfigDict(value)
+    with pytest.raises(ValueError, match=pattern):
+      train_exp.validate(bad)
+  bad = md_config.get_config("method=graddrop")
+  bad.engine = "gramian"
+  with pytest.raises(ValueError, match=r"engine='gramian' cannot serve config.weighting='none', "
+                                       r"config.method='graddrop': .*\['jacobian'"):
+    train_exp.validate(bad)
+  bad.engine = "fast"
+  with pytest.raises(ValueError, match=r"config.engine='fast'; expected 'auto' or one of"):
+    train_exp.validate(bad)
+  assert md_config.get_config("model=mmoe").model_kwargs.num_experts == 4
