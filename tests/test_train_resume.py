@@ -56,7 +56,7 @@ def _without_times(rows):
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_sigkill_and_resume_is_exact(tmp_path, engine):
-  _, steps, eval_every = ENGINES[engine]
+  _, num_steps, eval_every = ENGINES[engine]
   data_dir = str(tmp_path / "data")
   full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
   subprocess.run(_cmd(full, data_dir, engine=engine), cwd=ROOT, env=_env(), check=True,
@@ -77,14 +77,14 @@ def test_sigkill_and_resume_is_exact(tmp_path, engine):
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
   latest = T.Checkpointer(ckpts).latest_step()
-  assert latest is not None and latest < steps
+  assert latest is not None and latest < num_steps
   rows = T.read_jsonl(os.path.join(killed, "metrics.jsonl"))
-  assert max(r["step"] for r in rows) < steps
+  assert max(r["step"] for r in rows) < num_steps
 
   subprocess.run(_cmd(killed, data_dir, resume=True, engine=engine), cwd=ROOT, env=_env(),
                  check=True, capture_output=True, timeout=300)
 
-  a, b = _final_state(full, steps), _final_state(killed, steps)
+  a, b = _final_state(full, num_steps), _final_state(killed, num_steps)
   leaves_a = __import__("jax").tree_util.tree_leaves_with_path(a)
   leaves_b = __import__("jax").tree_util.tree_leaves(b)
   assert len(leaves_a) == len(leaves_b) > 10
@@ -94,6 +94,6 @@ def test_sigkill_and_resume_is_exact(tmp_path, engine):
   rb = _without_times(T.read_jsonl(os.path.join(killed, "metrics.jsonl")))
   assert ra == rb
   assert [r["step"] for r in ra if r["split"] == "eval"] == list(
-      range(eval_every, steps + 1, eval_every))
+      range(eval_every, num_steps + 1, eval_every))
   if engine == "one_backward":  # and the run did learn something
     assert ra[-1]["accuracy/left"] > 50 and ra[-1]["accuracy/right"] > 50
