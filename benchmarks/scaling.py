@@ -120,7 +120,7 @@ def step_fns(args):
 
   def autogram_step(params, batch):
     losses, gram = mtlx.value_and_gramian(loss_fn)(params, batch)
-    w, _ = autogram.gramian_weights(method, gram, method.init(params))
+    w, _ = method.weights(gram, method.init(params))
     return sgd(params, autogram.weighted_grad(loss_fn)(params, w, batch))
 
   rep = mtlx.value_and_representation_jacobian(encoder, heads_loss)
@@ -200,7 +200,6 @@ def part_mesh(args, devices):
   k = args.mesh_k
   enc, heads, batch = build(args, k)
   params = {"enc": enc, "heads": heads}
-  tx = optax.chain(mtlx.gramian_weighting(weighting), optax.sgd(1e-2))
   n = len(devices)
   shapes = [(1, 1, 1), (n, 1, 1)]
   if n % 2 == 0 and n > 2:
@@ -209,14 +208,15 @@ def part_mesh(args, devices):
   for shape in shapes:
     devs = devices[:int(np.prod(shape))]
     mesh = sharding.make_mesh(*shape, devices=devs)
-    st = sharding.make_sharded_step(loss_fn, tx, mesh, params,
-                                    param_rule="fsdp" if shape[1] > 1 else "replicated",
-                                    donate=False)
-    p, s = st.init(params)
+    st = mtlx.train.make_step(loss_fn, grad_tx=mtlx.gramian_weighting(weighting),
+                              optimizer=optax.sgd(1e-2), engine="jacobian", params=params,
+                              mesh=mesh, shard_tasks=False,
+                              param_rule="fsdp" if shape[1] > 1 else "replicated")
     b = st.shard_batch(batch)
-    t = time_fn(lambda p, s, b: st.step(p, s, b)[0], p, s, b, warmup=args.warmup,
+    state = st.init(params, b)
+    t = time_fn(lambda s, b: st.step(s, b)[0].params, state, b, warmup=args.warmup,
                 repeats=args.repeats)
-    new = st.step(p, s, b)[0]
+    new = st.step(state, b)[0].params
     flat = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(new)])
     if ref is None:
       ref, t_ref = flat, t

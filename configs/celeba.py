@@ -12,8 +12,8 @@ import ml_collections
 from configs import multi_digits
 
 
-def get_config():
-  c = multi_digits.get_config()
+def get_config(arg=None):
+  c = multi_digits.get_config(arg)
   c.dataset = "celeba"
   c.builder_kwargs = ml_collections.ConfigDict({"image_size": 64, "max_per_split": 0})  # overridable options
   c.eval_split = "test"

@@ -3,7 +3,21 @@
   python -m experiments.train --config configs/multi_digits.py \
       --config.method=pcgrad --config.workdir=runs/md_pcgrad
 
-Every key is overridable with ``--config.<key>=value``. The keys ``method``,
+Every key is overridable with ``--config.<key>=value``. ``method_kwargs``,
+``weighting_kwargs`` and ``model_kwargs`` are ConfigDicts passed straight to the
+constructors (an unknown key is a ValueError naming the accepted ones); they hold
+the chosen method's / model's defaults, so pick those with the config argument to
+override them by flag::
+
+  python -m experiments.train --config configs/multi_digits.py:method=cagrad,weighting=dwa \
+      --config.method_kwargs.c=0.5 --config.weighting_kwargs.temperature=1.0 \
+      --config.engine=gramian
+
+``engine``: how the step gets the task gradients (``mtlx.train.make_step``):
+``auto`` (cheapest valid; the choice goes to the log and to ``config.json``),
+``one_backward``, ``gramian``, ``jacobian`` or ``representation``.
+
+The keys ``method``,
 ``weighting``, ``optimizer``, ``learning_rate``, ``num_steps``, ``batch_size``,
 ``seed``, ``workdir``, ``resume``, ``eval_every``, ``checkpoint_every`` are a
 contract other tools rely on.
@@ -11,15 +25,50 @@ contract other tools rely on.
 
 import ml_collections
 
+# Options of the models beyond the common sizes (model_kwargs holds the chosen one's).
+MODEL_OPTIONS = {
+    "mmoe": {"num_experts": 4},
+    "cgc": {"num_shared_experts": 2, "num_task_experts": 1},
+    "ple": {"num_levels": 2, "num_shared_experts": 2, "num_task_experts": 1},
+    "dselect_k": {"num_experts": 4, "k": 2, "gamma": 1.0},
+}
 
-def get_config() -> ml_collections.ConfigDict:
+
+def parse_arg(arg: str | None) -> dict:
+  """``"method=cagrad,weighting=dwa,model=mmoe"`` -> a dict (the config argument)."""
+  out = {}
+  for part in filter(None, (arg or "").split(",")):
+    key, _, value = part.partition("=")
+    if key not in ("method", "weighting", "model") or not value:
+      raise ValueError(f"config argument {part!r}; expected method=, weighting= or "
+                       "model= entries joined by ','.")
+    out[key] = value
+  return out
+
+
+def mto_kwargs(method: str, weighting: str) -> tuple:
+  """ConfigDicts of the chosen methods' constructor defaults (overridable by flag)."""
+  from mtlx import registry  # pylint: disable=import-outside-toplevel
+  registry.check_names(method, weighting)
+  names = registry.weighting_names(weighting)
+  if len(names) > 1:  # one ConfigDict per loss-space method
+    wkw = {n: registry.get(n, "loss").config_defaults() for n in names}
+  else:
+    wkw = registry.get(names[0], "loss").config_defaults() if names else {}
+  return (ml_collections.ConfigDict(registry.get(method, "gradient").config_defaults()),
+          ml_collections.ConfigDict(wkw))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  chosen = parse_arg(arg)
   c = ml_collections.ConfigDict()
   # --- MTO chain: loss-space part -> gradient-space part -> optimizer.
-  c.method = "ls"            # gradient-space method (mtlx.registry.gradient_methods())
-  c.weighting = "none"       # loss-space method (mtlx.registry.loss_methods()) or 'none'
-  c.method_kwargs = ""       # constructor arguments, "c=0.4,rescale=1"
-  c.weighting_kwargs = ""
-  c.rep_grad = False         # MTO on the shared representation instead of the params
+  c.method = chosen.get("method", "ls")  # gradient-space method (mtlx.registry.gradient_methods())
+  c.weighting = chosen.get("weighting", "none")  # loss-space method(s) ('dwa+famo') or 'none'
+  # Constructor arguments (the chosen methods' defaults; an unknown key is an error).
+  c.method_kwargs, c.weighting_kwargs = mto_kwargs(c.method, c.weighting)
+  c.engine = "auto"          # auto | one_backward | gramian | jacobian | representation
+  c.rep_grad = False         # the old spelling of engine='representation'
   c.chunk_size = 0           # K-row chunks of the Jacobian (0: all at once)
   c.extra_batches = 0        # independent extra mini-batches per step (MoDo, SDMGrad: 1)
   c.optimizer = "adam"       # adam | adamw | sgd
@@ -41,12 +90,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.eval_batch_size = 500
   # --- Model (mtlx.models).
-  c.model = "hps"            # hps | cross_stitch | mmoe | cgc | ple | mtan | dselect_k
-  # Sizes; keys the chosen model does not take are not passed to it.
-  c.model_kwargs = ml_collections.ConfigDict({
-      "widths": (16, 32), "hidden": 64, "head_hidden": 32, "num_experts": 4,
-      "num_shared_experts": 2, "num_task_experts": 1, "num_levels": 2, "k": 2,
-      "gamma": 1.0})
+  c.model = chosen.get("model", "hps")  # hps | cross_stitch | mmoe | cgc | ple | mtan | dselect_k
+  # The model's constructor arguments: sizes, and the chosen model's options.
+  c.model_kwargs = ml_collections.ConfigDict(dict(
+      {"widths": (16, 32), "hidden": 64, "head_hidden": 32},
+      **MODEL_OPTIONS.get(c.model, {})))
   # --- Run.
   c.num_steps = 1000
   c.seed = 0

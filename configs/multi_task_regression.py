@@ -12,8 +12,8 @@ import ml_collections
 from configs import multi_digits
 
 
-def get_config():
-  c = multi_digits.get_config()
+def get_config(arg=None):
+  c = multi_digits.get_config(arg)
   c.dataset = "multi_task_regression"
   c.builder_kwargs = ml_collections.ConfigDict({"num_tasks": 2, "noise": 0.0, "num_train": 10000})  # overridable options
   c.eval_split = "test"

@@ -12,8 +12,8 @@ import ml_collections
 from configs import multi_digits
 
 
-def get_config():
-  c = multi_digits.get_config()
+def get_config(arg=None):
+  c = multi_digits.get_config(arg)
   c.dataset = "nyuv2"
   c.builder_kwargs = ml_collections.ConfigDict({})  # overridable options
   c.eval_split = "test"

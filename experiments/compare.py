@@ -36,6 +36,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 import numpy as np
 
 from mtlx import metrics as mmetrics
@@ -98,6 +99,11 @@ def run_one(base_config, rundir: str, *, seed: int, method: str, weighting: str,
   config = copy.deepcopy(base_config)
   with config.unlocked():
     config.seed = seed
+    # Constructor arguments belong to the method the config was made for.
+    if method != base_config.method:
+      config.method_kwargs = ml_collections.ConfigDict()
+    if weighting != base_config.weighting:
+      config.weighting_kwargs = ml_collections.ConfigDict()
     config.method = method
     config.weighting = weighting
     config.tasks = tasks
@@ -350,6 +356,15 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
     raise ValueError(f"seeds={seeds}; expected an int >= 1.")
   specs = parse_methods(methods)
   info, tasks = train_lib.validate(config)
+  for _, method, weighting in specs:  # every method against config.engine, before any run
+    c = copy.deepcopy(config)
+    with c.unlocked():
+      if method != config.method:
+        c.method_kwargs = ml_collections.ConfigDict()
+      if weighting != config.weighting:
+        c.weighting_kwargs = ml_collections.ConfigDict()
+      c.method, c.weighting = method, weighting
+    train_lib.build_methods(c, len(tasks))
   if protocol == "best_val" and not config.val_split:
     raise ValueError("protocol best_val needs config.val_split; got ''.")
   workdir = os.path.abspath(workdir)

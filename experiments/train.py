@@ -5,12 +5,20 @@
 
 Reads the config (an ``ml_collections.ConfigDict``; see ``configs/multi_digits.py``
 for every key), builds the data iterator (``mtlx.data``), the model
-(``mtlx.models``) and the jitted step (``mtlx.train.make_trainer``: one backward
-pass for loss-space methods, the per-task Jacobian for gradient-space ones, or the
-representation-level Jacobian with ``rep_grad=True``), then trains.
+(``mtlx.models``) and the jitted step (``mtlx.train.make_trainer`` on
+``mtlx.train.make_step``), then trains. ``config.engine`` picks how the step gets
+the task gradients: ``one_backward`` (loss-only weightings with LS), ``gramian``
+(``mtlx.value_and_gramian``: Gramian methods without the K × P Jacobian),
+``jacobian`` (every method), ``representation`` (``rep_grad=True``), or ``auto``
+(the cheapest that serves the methods; the choice is logged and written to
+``config.json`` as ``engine_used``). An engine that cannot serve the methods fails
+before anything is built, saying which can. ``config.method_kwargs``,
+``config.weighting_kwargs`` and ``config.model_kwargs`` are ConfigDicts passed to
+the constructors (an unknown key: ``ValueError`` naming it and the accepted ones).
 
 Writes to ``workdir``: ``config.json``; ``metrics.jsonl`` (``split="train"`` rows
-every ``log_every`` steps with ``loss/<task>``, ``weight/<task>``, ``grad_norm``,
+every ``log_every`` steps with ``loss/<task>``, ``weight/<task>`` (``weights_exact``
+1: the weights the methods used; 0: the least-squares fit of the update), ``grad_norm``,
 ``cos/<a>/<b>`` (every pair up to 16 tasks), ``cos_mean``, ``cos_min``,
 ``cos_frac_negative`` and ``time/step_s``; ``split="eval"`` (and ``"val"``) rows every
 ``eval_every`` steps with ``loss/<task>`` and ``<metric>/<task>``); TensorBoard
@@ -61,6 +69,7 @@ from mtlx import data as mdata
 from mtlx import sharding
 from mtlx import metrics as mmetrics
 from mtlx import models as mmodels
+from mtlx import registry
 from mtlx import train as mtrain
 
 
@@ -97,15 +106,58 @@ def select_tasks(info, names: str):
 
 
 def model_kwargs(config) -> dict:
-  """The ``config.model_kwargs`` entries the chosen model's constructor takes."""
+  """``config.model_kwargs`` for the chosen model's constructor (with ``seed``).
+
+  ``config.model_kwargs`` is a ConfigDict of the model's constructor arguments, or
+  one ConfigDict per model name (``model_kwargs.hps``, ``model_kwargs.mmoe``...),
+  of which the chosen model's is used. An argument the constructor does not take
+  is a ``ValueError`` naming it and the accepted ones.
+  """
   if config.model not in mmodels.REGISTRY:
     raise ValueError(f"config.model={config.model!r}; expected one of "
                      f"{mmodels.model_names()}.")
-  accepted = inspect.signature(mmodels.REGISTRY[config.model]).parameters
-  kw = {k: v for k, v in parse_kwargs(config.model_kwargs).items() if k in accepted}
+  kw = parse_kwargs(config.model_kwargs)
+  if any(isinstance(v, dict) for v in kw.values()) and set(kw) <= set(mmodels.model_names()):
+    kw = dict(kw.get(config.model, {}))
+  accepted = sorted(n for n in inspect.signature(mmodels.REGISTRY[config.model]).parameters
+                    if n not in ("input_shape", "tasks", "seed"))
+  unknown = sorted(set(kw) - set(accepted))
+  if unknown:
+    raise ValueError(f"config.model_kwargs has key(s) {unknown} that model "
+                     f"{config.model!r} does not take; expected some of {accepted}.")
   kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
   kw["seed"] = int(config.seed)
   return kw
+
+
+def engine(config) -> str:
+  """``config.engine`` (``'auto'`` when absent); ``rep_grad=True`` spells
+  ``'representation'``."""
+  name = config.get("engine", "auto") or "auto"
+  if config.get("rep_grad", False):
+    if name not in ("auto", "representation"):
+      raise ValueError(f"config.rep_grad=True is config.engine='representation'; got "
+                       f"config.engine={name!r}. Expected one of them alone.")
+    name = "representation"
+  if name != "auto" and name not in mtrain.ENGINES:
+    raise ValueError(f"config.engine={name!r}; expected 'auto' or one of "
+                     f"{list(mtrain.ENGINES)}.")
+  return name
+
+
+def build_methods(config, num_tasks: int):
+  """``(loss_tx, grad_tx)`` of the config (unknown names or constructor arguments:
+  ``ValueError`` naming them and the valid ones), checked against ``config.engine``."""
+  loss_tx, grad_tx = registry.build(
+      config.method, config.weighting, num_tasks,
+      method_kwargs=parse_kwargs(config.method_kwargs),
+      weighting_kwargs=parse_kwargs(config.weighting_kwargs))
+  name = engine(config)
+  if name != "auto":
+    mtrain.check_engine(name, loss_tx, grad_tx, extra_batches=config.extra_batches,
+                        label=f"config.weighting={config.weighting!r}, "
+                              f"config.method={config.method!r}")
+  return loss_tx, grad_tx
 
 
 def validate(config) -> tuple[Any, tuple]:
@@ -119,9 +171,11 @@ def validate(config) -> tuple[Any, tuple]:
                      f"{mdata.dataset_names()}.")
   mtrain.check_method_names(config.method, config.weighting)
   model_kwargs(config)
+  engine(config)
   mtrain.make_optimizer(config.optimizer, config.learning_rate, schedule=config.schedule)
   info = mdata.get_info(config.dataset, **parse_kwargs(config.builder_kwargs))
   tasks = select_tasks(info, config.tasks)
+  build_methods(config, len(tasks))  # unknown constructor arguments, engine that cannot serve
   for split in filter(None, (config.train_split, config.eval_split, config.val_split)):
     if split not in info.splits:
       raise ValueError(f"split {split!r} is not a split of {info.name!r}; expected one "
@@ -165,6 +219,8 @@ def _train_row(info: dict, names) -> dict:
     row[f"loss/{n}"] = float(info["losses"][i])
     row[f"weight/{n}"] = float(info["weights"][i])
   row["grad_norm"] = float(info["grad_norm"])
+  if "weights_exact" in info:  # 1: the weights the methods used; 0: a least-squares fit
+    row["weights_exact"] = float(info["weights_exact"])
   if "cosines" in info and len(names) > 1:
     c = np.asarray(info["cosines"], np.float64)
     off = c[np.triu_indices(len(names), 1)]
@@ -219,22 +275,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
       num_steps=config.num_steps, warmup_steps=config.warmup_steps,
       weight_decay=config.weight_decay, momentum=config.momentum,
       grad_clip=config.grad_clip)
-  trainer = mtrain.make_trainer(
-      fns, tasks, info.input_key, params, method=config.method, weighting=config.weighting,
-      optimizer=optimizer, rep_grad=config.rep_grad,
-      method_kwargs=parse_kwargs(config.method_kwargs),
-      weighting_kwargs=parse_kwargs(config.weighting_kwargs),
-      chunk_size=config.chunk_size or None, extra_batches=config.extra_batches,
-      mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
-      shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
-      min_size=int(_mesh_option(config, "min_size", 2 ** 10)))
   # With extra_batches (MoDo, SDMGrad) every step reads 1 + extra_batches mini-batches.
   # batch_size is per host: each host reads its own slice of every global batch.
   train_iter_kw = dict(batch_size=config.batch_size * (1 + config.extra_batches),
                        seed=config.seed, shuffle=True, process_index=jax.process_index(),
                        process_count=jax.process_count(), **_data_kwargs(config))
-  example = trainer.shard_batch(
-      next(mdata.make_iterator(config.dataset, config.train_split, **train_iter_kw)))
+  local_example = next(mdata.make_iterator(config.dataset, config.train_split, **train_iter_kw))
+  trainer = mtrain.make_trainer(
+      fns, tasks, info.input_key, params, method=config.method, weighting=config.weighting,
+      optimizer=optimizer, engine=engine(config),
+      method_kwargs=parse_kwargs(config.method_kwargs),
+      weighting_kwargs=parse_kwargs(config.weighting_kwargs),
+      example_batch=local_example,  # engine='auto' reads the model's autogram plan
+      chunk_size=config.chunk_size or None, extra_batches=config.extra_batches,
+      mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
+      shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
+      min_size=int(_mesh_option(config, "min_size", 2 ** 10)))
+  example = trainer.shard_batch(local_example)
   state = trainer.init(params, example, config.seed)  # placed on the mesh
   try:  # trace the step once: a method's errors surface here, before training
     jax.eval_shape(trainer.step, state, example)
@@ -265,10 +322,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
   if chief:
     mtrain.MetricWriter.truncate(workdir, start)  # fresh: empty; resume: up to the checkpoint
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+      saved = ml_collections.ConfigDict(config.to_dict())
+      saved.engine_used = trainer.engine  # what engine='auto' chose
+      f.write(saved.to_json_best_effort(indent=2))
   writer = mtrain.MetricWriter(workdir, tensorboard=config.tensorboard, enabled=chief)
-  logging.info("model %s (%d params), path %s, tasks %s, mesh %s", config.model,
-               mmodels.count_params(params), trainer.path, names, dict(mesh.shape))
+  logging.info("model %s (%d params), engine %s (config.engine=%r), tasks %s, mesh %s",
+               config.model, mmodels.count_params(params), trainer.engine, engine(config),
+               names, dict(mesh.shape))
 
   train_iter = mdata.make_iterator(config.dataset, config.train_split, start_step=start,
                                    **train_iter_kw)

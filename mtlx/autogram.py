@@ -24,7 +24,9 @@ instead of ``K × P``. Per layer the block is computed either by the ghost formu
 (``K × |W|``, one layer at a time), whichever costs fewer flops (``method=``).
 
 The update is then one VJP of ``Σ_k w_k L_k`` (:func:`weighted_grad`), with
-``w = f(G)`` from any Gramian method (:func:`gramian_weights`).
+``w = f(G)`` from the weight function a Gramian method carries
+(:meth:`mtlx.GramianWeighting.weights`; :func:`mtlx.train.make_step` with
+``engine='gramian'`` does all three).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from mtlx import validation
 
 PyTree = Any
 
-__all__ = ["gramian_weights", "value_and_gramian", "weighted_grad", "autogram_plan"]
+__all__ = ["value_and_gramian", "weighted_grad", "autogram_plan"]
 
 METHODS = ("auto", "ghost", "direct")
 
@@ -163,8 +165,7 @@ def _run(jaxpr, consts, args, path, layers, eps, record):
   return [read(v) for v in jaxpr.outvars]
 
 
-def _acc(*dtypes):
-  return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+_acc = jacobian_lib.accumulation_dtype
 
 
 def _block(x3, d4, method):
@@ -454,48 +455,3 @@ def weighted_grad(loss_fn: Callable[..., Any], *, has_aux: bool = False) -> Call
     return (grad, aux) if has_aux else grad
 
   return wrapped
-
-
-def gramian_weights(tx, gramian: jax.Array, state: Any, params: Any = None,
-                    **extra) -> tuple[jax.Array, Any]:
-  """The weights ``w`` that a Gramian-based transform ``tx`` gives for ``gramian``.
-
-  Works for any transform whose update is ``Σ_k w_k g_k`` with weights that depend
-  on the task grads only through their Gramian (every ``mtlx.gramian_weighting``
-  method, ``mtlx.linear_scalarization``, and chains of loss-space transforms that
-  rescale task grads before one). It feeds ``tx`` a stand-in Jacobian with the same
-  Gramian: a ``K × K`` factor ``R`` with ``R Rᵀ = G`` (from ``eigh``) plus a
-  ``K × K`` zero probe ``Z``; the update's derivative along ``Z = I`` is exactly
-  ``wᵀ`` (the weights do not move to first order, since ``G`` is quadratic in ``Z``).
-  Not valid for methods that act elementwise on the gradients (GradDrop, PCGrad's
-  projections are Gramian-based and fine) or keep params-shaped state.
-
-  Args:
-    tx: the MTO transform (without the optimizer).
-    gramian: ``[K, K]``.
-    state: ``tx``'s state.
-    params, **extra: forwarded to ``tx.update`` (e.g. ``task_losses=``).
-
-  Returns:
-    ``(weights[K], new_state)``.
-
-  Cost: one ``K × K`` eigendecomposition plus the method's own work, twice (JVP).
-  """
-  k = gramian.shape[0]
-  if gramian.shape != (k, k):
-    raise ValueError(f"gramian has shape {gramian.shape}; expected a square [K, K].")
-  lam, vec = jnp.linalg.eigh(gramian)
-  factor = vec * jnp.sqrt(jnp.maximum(lam, 0.0))[None, :]
-  probe0 = jnp.zeros((k, k), gramian.dtype)
-
-  def run(probe):
-    updates, new_state = tx.update({"factor": factor, "probe": probe}, state, params, **extra)
-    return updates["probe"], new_state
-
-  try:  # forward mode: fine through while_loop solvers
-    direction = jnp.eye(k, dtype=gramian.dtype)
-    (_, new_state), (weights, _) = jax.jvp(run, (probe0,), (direction,))
-  except TypeError:  # custom_vjp inside the method: reverse mode instead
-    out, pullback, new_state = jax.vjp(run, probe0, has_aux=True)
-    weights = pullback(jnp.ones_like(out))[0][:, 0]
-  return weights, new_state

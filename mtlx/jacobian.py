@@ -86,8 +86,26 @@ def value_and_jacobian(loss_fn: Callable[..., Any], *, has_aux: bool = False,
   return wrapped
 
 
-def _accumulation_dtype(*dtypes) -> jnp.dtype:
+def accumulation_dtype(*dtypes) -> jnp.dtype:
+  """The dtype mtlx accumulates in: the promoted dtype, float32 or wider (bf16/f16
+  -> float32, float64 stays float64). The one definition every module uses."""
   return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+
+
+_accumulation_dtype = accumulation_dtype
+
+
+def task_norms(gram: jax.Array) -> jax.Array:
+  """Per-task gradient norms ``‖g_k‖ = sqrt(G_kk)`` from the Gramian (``[K]``; negative
+  rounding on the diagonal clipped to 0)."""
+  return jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+
+
+def cosines(gram: jax.Array) -> jax.Array:
+  """Pairwise cosines ``G_kl / (‖g_k‖ ‖g_l‖)`` of the task gradients from the Gramian
+  (``[K, K]``; a zero gradient's row and column are 0, not NaN)."""
+  d = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
+  return gram / (d[:, None] * d[None, :])
 
 
 def _contract_rows(a: jax.Array, b: jax.Array) -> jax.Array:

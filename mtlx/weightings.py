@@ -12,7 +12,9 @@ transforms):
 ``sdmgrad(cross, weights) -> (ω, w)`` and ``modo(cross, weights) -> λ``.
 
 Each function lives in its method's module (``mtlx/aggregators/<name>.py``, as
-``<name>_weights``) and is re-exported here under the method's name.
+``<name>_weights``) and is exported at the top level under that name
+(``mtlx.upgrad_weights``); this module is the older alias that re-exports it under the
+method's name (``mtlx.weightings.upgrad is mtlx.upgrad_weights``).
 """
 
 from mtlx.aggregators.aligned_mtl import aligned_mtl_weights as aligned_mtl

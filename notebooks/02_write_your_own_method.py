@@ -16,10 +16,13 @@
 #
 # Most gradient-space MTO methods are a *weighting of the Gramian*: from the $K \times K$ matrix
 # $G = J J^\top$ of the task gradients they pick weights $w = f(G)$, and the update is
-# $d = w^\top J$. In mtlx such a method is a pure function of $G$; `mtlx.gramian_weighting(f)`
-# turns it into an optax transform that works on any params pytree, under `jit`, `vmap` and
-# sharding. This notebook writes a new one, checks its properties with `mtlx.testing`, and
-# runs it on the toy and on `multi_digits` next to MGDA and UPGrad.
+# $d = w^\top J$. In mtlx such a method is one file: a pure function of $G$
+# (`<name>_weights`) and a one-line constructor, `mtlx.gramian_weighting(f)`, which turns it
+# into an optax transform (a `mtlx.GramianWeighting`) that works on any params pytree, under
+# `jit`, `vmap` and sharding, and carries `f` so every training engine can call it; plus one
+# line in `mtlx.registry` to make it available to configs. This notebook writes a new one,
+# checks its properties with `mtlx.testing`, registers it, and runs it on the toy and on
+# `multi_digits` next to MGDA and UPGrad.
 #
 # **The idea: a softmax-temperature blend of the mean and MGDA.** The mean $\frac1K\sum_k g_k$
 # is cheap and balanced but can conflict with a task; MGDA never conflicts but follows the
@@ -56,7 +59,7 @@ def soft_mgda_weights(gramian, *, temperature=0.5):
   g = gramian / jnp.where(scale > 0, scale, 1.0)              # scale-free Gramian
   progress = g @ jnp.full((k,), 1.0 / k, gramian.dtype)        # <g_k, mean direction>
   w_soft = jax.nn.softmax(-progress / temperature)
-  w_mgda = mtlx.weightings.mgda(gramian)
+  w_mgda = mtlx.mgda_weights(gramian)
   a, b = gramian @ w_soft, gramian @ w_mgda                    # <g_k, d_soft>, <g_k, d_mgda>
   tiny = jnp.finfo(gramian.dtype).tiny
   need = jnp.where(a < 0, -a / jnp.maximum(b - a, tiny), 0.0)  # per task: the t it needs
@@ -119,6 +122,48 @@ testing.assert_non_conflicting(soft_mgda(), conflicting)
 testing.assert_scale_linear(soft_mgda(), conflicting, scales=(1e-3, 1e3), rtol=2e-3, floor=1e-2)
 print(f"{len(checked)} random Jacobians: non-conflicting, linear under scaling, "
       "permutation-invariant, non-finite in -> non-finite out")
+
+# %% [markdown]
+# ## Register it, and train it on every engine
+#
+# One registry line makes it a name configs can use (`--config.method=soft_mgda`); in the
+# library that line goes in `mtlx/registry.py`'s table. The transform carries its weight
+# function, so `mtlx.train.make_step` serves it on the Gramian engine too
+# (`mtlx.value_and_gramian`, no $K \times P$ Jacobian), with the same numbers as on the
+# Jacobian engine.
+
+# %%
+mtlx.registry.METHODS["soft_mgda"] = mtlx.registry.Method(
+    "soft_mgda", soft_mgda, "gradient", engines=mtlx.registry.GRAMIAN_ENGINES,
+    weights=soft_mgda_weights)
+tx = mtlx.registry.get("soft_mgda").build(num_tasks=2)
+assert isinstance(tx, mtlx.GramianWeighting)
+
+rng = np.random.default_rng(0)
+mlp = {"w1": jnp.asarray(rng.normal(size=(3, 8)), jnp.float32),
+       "w2": jnp.asarray(rng.normal(size=(8, 2)), jnp.float32)}
+mlp_batch = {"x": jnp.asarray(rng.normal(size=(16, 3)), jnp.float32),
+             "y": jnp.asarray(rng.normal(size=(16, 2)), jnp.float32)}
+
+
+def mlp_losses(p, b):
+  return jnp.mean((jnp.tanh(b["x"] @ p["w1"]) @ p["w2"] - b["y"]) ** 2, axis=0)
+
+
+engine_params = {}
+for engine in ("jacobian", "gramian"):
+  st = mtlx.train.make_step(mlp_losses, grad_tx=tx, optimizer=optax.adam(1e-2),
+                            engine=engine, params=mlp)
+  state = st.init(mlp, mlp_batch)
+  for _ in range(5):
+    state, step_info = st.step(state, mlp_batch)
+  engine_params[engine] = state.params
+  print(f"{engine:>8s}: weights {np.array2string(np.asarray(step_info['weights']), precision=4)}"
+        f" (exact: {bool(step_info['weights_exact'])})")
+engine_gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+    jax.tree_util.tree_leaves(engine_params["jacobian"]),
+    jax.tree_util.tree_leaves(engine_params["gramian"])))
+print(f"largest difference of the params after 5 steps: {engine_gap:.1e}")
 
 # %% [markdown]
 # ## On the toy
@@ -240,6 +285,7 @@ for name in METHODS:
 # %%
 assert unrepaired_caught
 assert len(checked) == 40
+assert engine_gap < 1e-5, engine_gap
 assert toy_rows["soft_mgda"]["reached"] >= toy_rows["mgda"]["reached"] - 1, toy_rows
 assert toy_rows["soft_mgda"]["spread"] < toy_rows["mgda"]["spread"], toy_rows
 for name in METHODS:

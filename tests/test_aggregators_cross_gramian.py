@@ -28,7 +28,8 @@ def row0_times_losses(cross, *, task_losses):
 
 
 def test_stateless_matches_numpy_and_forwards_losses():
-  tx = mtlx.cross_gramian_weighting(row0_times_losses)
+  tx = mtlx.cross_gramian_weighting(row0_times_losses, extras=("task_losses",))
+  assert isinstance(tx, mtlx.CrossGramianWeighting) and tx.extras == ("task_losses",)
   state = tx.init(None)
   assert isinstance(state, optax.EmptyState)
   w_ref = (J1 @ J2.T)[0] * LOSSES
@@ -49,8 +50,9 @@ def test_stateful_steps_and_kwargs_get_no_batches():
     seen.append(sorted(extras))
     return cross[:, 1] * (count + 1.0), count + 1
 
+  # the extras the weighting declares reach it; the other batches never do
   tx = mtlx.cross_gramian_weighting(counted, init=lambda k: jnp.zeros((), jnp.float64),
-                                    num_tasks=K)
+                                    num_tasks=K, extras=("task_losses", "task_grads_2"))
   state = tx.init(None)
   c = J1 @ J2.T
   for step in range(2):

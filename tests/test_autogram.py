@@ -194,45 +194,41 @@ def softmax_of_minus_diag(gram):
   return jax.nn.softmax(-jnp.diag(gram) / jnp.mean(jnp.diag(gram)))
 
 
-def test_gramian_weights_recovers_the_method_weights():
+def test_the_transform_carries_its_weight_function():
   _, gram = _jacobian_gramian(mlp, MLP_P, MLP_X, MLP_Y)
   tx = mtlx.gramian_weighting(softmax_of_minus_diag)
-  w, _ = autogram.gramian_weights(tx, gram, tx.init(MLP_P))
-  np.testing.assert_allclose(w, softmax_of_minus_diag(gram), rtol=1e-10)
+  assert isinstance(tx, mtlx.GramianWeighting) and tx.weight_fn is softmax_of_minus_diag
+  w, _ = tx.weights(gram, tx.init(MLP_P))
+  np.testing.assert_allclose(w, softmax_of_minus_diag(gram), rtol=1e-12)
   ls = mtlx.linear_scalarization()
-  w, _ = autogram.gramian_weights(ls, gram, ls.init(MLP_P))
+  w, _ = ls.weights(gram, ls.init(MLP_P))
   np.testing.assert_allclose(w, np.ones(3), rtol=1e-12)
-  # A singular Gramian (rank 1) still gives exact weights.
-  g1 = jnp.outer(jnp.arange(1.0, 4.0), jnp.arange(1.0, 4.0))
-  w, _ = autogram.gramian_weights(tx, g1, tx.init(MLP_P))
-  np.testing.assert_allclose(w, softmax_of_minus_diag(g1), rtol=1e-10)
+  assert not hasattr(autogram, "gramian_weights")  # the eigen-factor probe is gone
 
 
-def test_autogram_step_matches_jacobian_step():
-  """Three sharded steps (1-device mesh) in both modes give the same params."""
+def test_gramian_engine_step_matches_jacobian_engine_step():
+  """Three sharded steps (1-device mesh) on both engines give the same params."""
   mesh = mtlx.sharding.make_mesh(devices=jax.devices()[:1])
   method = mtlx.gramian_weighting(softmax_of_minus_diag)
 
   def loss(p, b):
-    losses = mlp(p, b["x"], b["y"])
-    return losses, {"total": jnp.sum(losses)}
+    return mlp(p, b["x"], b["y"])
 
   batch = {"x": MLP_X, "y": MLP_Y}
-  jac = mtlx.sharding.make_sharded_step(loss, optax.chain(method, optax.adam(1e-2)), mesh,
-                                        MLP_P, has_aux=True)
-  ag = mtlx.sharding.make_sharded_step(loss, method, mesh, MLP_P, mode="autogram",
-                                       optimizer=optax.adam(1e-2), has_aux=True)
-  p1, s1 = jac.init(MLP_P)
-  p2, s2 = ag.init(MLP_P)
+  steps = [mtlx.train.make_step(loss, grad_tx=method, optimizer=optax.adam(1e-2),
+                                engine=e, params=MLP_P, mesh=mesh, param_rule="replicated")
+           for e in ("jacobian", "gramian")]
+  states = [st.init(MLP_P, batch) for st in steps]
   for _ in range(3):
-    p1, s1, (l1, aux1) = jac.step(p1, s1, batch)
-    p2, s2, (l2, aux2) = ag.step(p2, s2, batch)
-    np.testing.assert_allclose(l1, l2, rtol=1e-10)
-    np.testing.assert_allclose(aux1["total"], np.sum(l1), rtol=1e-12)
-  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    out = [st.step(s, batch) for st, s in zip(steps, states)]
+    states = [o[0] for o in out]
+    np.testing.assert_allclose(out[0][1]["losses"], out[1][1]["losses"], rtol=1e-10)
+    np.testing.assert_allclose(out[0][1]["weights"], out[1][1]["weights"], rtol=1e-9)
+  for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-  with pytest.raises(ValueError, match="optimizer="):
-    mtlx.sharding.make_sharded_step(loss, method, mesh, MLP_P, mode="autogram")
+  with pytest.raises(ValueError, match=r"engine='gramian' cannot serve .*not a weighting of the Gramian.*\['jacobian'\]"):
+    mtlx.train.make_step(loss, grad_tx=mtlx.graddrop(), optimizer=optax.sgd(0.1),
+                         engine="gramian")
 
 
 def left_and_batched(p, x, y):

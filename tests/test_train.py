@@ -107,12 +107,17 @@ def test_representation_path_ls_equals_one_backward_and_learns(setup):
   assert np.all(np.asarray(rep.loss_fn(state.params, batches[0])) < 0.8 * before)
 
 
-def test_jacobian_path_logs_the_effective_weights(setup):
+def test_fixed_weights_log_the_weights_used_on_both_engines(setup):
   info, batches = setup
   tr, params = _trainer(info, method="ls", method_kwargs={"weights": [1.0, 0.25]})
-  assert tr.path == "jacobian"
+  assert tr.engine == "one_backward"  # a fixed weighting needs no per-task grads
   _, infos = _train(tr, params, batches, 2)
-  np.testing.assert_allclose(infos[-1]["weights"], [1.0, 0.25], rtol=1e-3)
+  np.testing.assert_array_equal(infos[-1]["weights"], [1.0, 0.25])
+  assert infos[-1]["weights_exact"]
+  tr, params = _trainer(info, method="ls", method_kwargs={"weights": [1.0, 0.25]},
+                        engine="jacobian")
+  _, infos = _train(tr, params, batches, 2)
+  np.testing.assert_array_equal(infos[-1]["weights"], [1.0, 0.25])
   c = infos[-1]["cosines"]
   assert c.shape == (2, 2) and abs(c[0, 1]) <= 1 and c[0, 1] == pytest.approx(c[1, 0])
 
@@ -220,14 +225,16 @@ def test_protocols_pick_the_documented_rows():
 
 def test_extra_batches_reach_the_method_as_task_grads_2(setup, monkeypatch):
   """A method that steps along the summed grads of the SECOND mini-batch only."""
-  from mtlx import aggregators, jacobian
+  from mtlx import jacobian, registry
 
   def second_only():
     def update(task_grads, state, params=None, **extra):
       return jacobian.combine(np.ones(2, np.float32), extra["task_grads_2"]), state
     return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
 
-  monkeypatch.setitem(aggregators.REGISTRY, "second_only", second_only)
+  monkeypatch.setitem(registry.METHODS, "second_only",
+                      registry.Method("second_only", second_only, "gradient",
+                                      engines=registry.JACOBIAN_ONLY))
   info, batches = setup
   fns, params = models.split(models.get_model("hps", input_shape=info.input_shape,
                                               tasks=info.tasks, seed=0, **SMALL))

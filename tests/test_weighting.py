@@ -150,7 +150,7 @@ ONE_BACKWARD = {
     "normalize_task_scale": lambda: mtlx.normalize_task_scale(0.9, num_tasks=K),
     "stch": lambda: mtlx.stch(mu=0.5, warmup_steps=2, num_tasks=K),
     "famo": lambda: mtlx.famo(learning_rate=0.3, num_tasks=K),
-    "chain_norm_dwa": lambda: optax.chain(mtlx.normalize_task_scale(num_tasks=K),
+    "chain_norm_dwa": lambda: mtlx.loss_chain(mtlx.normalize_task_scale(num_tasks=K),
                                           mtlx.dwa(num_tasks=K)),
 }
 
@@ -194,30 +194,36 @@ def test_one_backward_path_equals_stacked_path(name):
 def test_loss_weights_reads_diagonal_of_chain():
   # a chain of loss transforms multiplies their weights
   losses = jnp.array([0.5, 2.0, 4.0])
-  tx = optax.chain(mtlx.fixed_weights(jnp.array([1.0, 2.0, 3.0])), mtlx.scale_invariant())
+  parts = [mtlx.fixed_weights(jnp.array([1.0, 2.0, 3.0])), mtlx.scale_invariant()]
+  tx = mtlx.loss_chain(*parts)
   w, _ = mtlx.loss_weights(tx, tx.init(None), losses)
   np.testing.assert_allclose(w, [2.0, 1.0, 0.75], rtol=1e-12)
+  # a list of weightings with the tuple of their states is the same chain
+  w2, _ = mtlx.loss_weights(parts, optax.chain(*parts).init(None), losses)
+  np.testing.assert_allclose(w2, [2.0, 1.0, 0.75], rtol=1e-12)
 
 
 def test_loss_weights_errors():
   losses = jnp.ones(K)
   for tx in (mtlx.gradnorm(num_tasks=K),
-             optax.chain(mtlx.dwa(num_tasks=K), mtlx.gradnorm(num_tasks=K))):
+             mtlx.loss_chain(mtlx.dwa(num_tasks=K), mtlx.gradnorm(num_tasks=K))):
     with pytest.raises(ValueError, match="gradnorm reads the per-task gradients"):
       mtlx.loss_weights(tx, tx.init(None), losses)
-  tx = mtlx.db_mtl(num_tasks=K)
-  with pytest.raises(ValueError, match="db_mtl reads the per-task gradients.*scale_invariant"):
+  tx = mtlx.db_mtl(num_tasks=K)  # not a weighting: it replaces the task grads
+  with pytest.raises(ValueError, match="got a GradientTransformationExtraArgs"):
     mtlx.loss_weights(tx, tx.init({"a": jnp.zeros(2)}), losses)
   tx = optax.chain(mtlx.dwa(num_tasks=K), mtlx.linear_scalarization())
-  with pytest.raises(ValueError, match=r"expected one \(3, 3\) leaf"):
+  with pytest.raises(ValueError, match=r"An optax.chain hides its members: use mtlx.loss_chain"):
     mtlx.loss_weights(tx, tx.init(None), losses)
+  with pytest.raises(ValueError, match=r"transform 1 is a GramianWeighting"):
+    mtlx.loss_chain(mtlx.dwa(num_tasks=K), mtlx.linear_scalarization())
   with pytest.raises(ValueError, match="pass them as the keyword extra argument `task_losses`"):
     mtlx.loss_weights(mtlx.dwa(num_tasks=K), mtlx.dwa(num_tasks=K).init(None), None)
   with pytest.raises(ValueError, match=r"task_losses has shape \(3, 1\); expected a 1-D vector"):
     mtlx.loss_weights(mtlx.scale_invariant(), optax.EmptyState(), jnp.ones((3, 1)))
   with pytest.raises(ValueError, match="num_tasks=3 but the update received K=2"):
     mtlx.loss_weights(mtlx.dwa(num_tasks=K), mtlx.dwa(num_tasks=K).init(None), jnp.ones(2))
-  # after an error inside loss_weights the probe flag is reset: gradnorm works again
+  # a weighting that reads the grads still runs on the stacked path
   tx = mtlx.gradnorm(num_tasks=K)
   out, _ = tx.update({"a": jnp.ones((K, 2))}, tx.init(None), task_losses=losses)
   assert out["a"].shape == (K, 2)

@@ -29,19 +29,28 @@ def stateless(aggregate: Callable[[Any], Any]) -> optax.GradientTransformationEx
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def fixed_weighting(
-    weights_for: Callable[[int], jax.Array]) -> optax.GradientTransformationExtraArgs:
+def fixed_weighting(weights_for: Callable[[int], jax.Array], *,
+                    name: str = "fixed_weighting"):
   """The stateless transform ``d = Σ_k w_k g_k`` with ``w = weights_for(K)``.
 
   ``weights_for`` sees only K (read from ``task_grads`` at trace time) and may
-  raise a ``ValueError`` there; no Gramian is formed. Cost: ``K P``.
+  raise a ``ValueError`` there; no Gramian is formed. Cost: ``K P``. Returns a
+  :class:`mtlx.aggregators.gramian_weighting.GramianWeighting` (a weighting that
+  ignores the Gramian), so every engine serves it.
   """
+  from mtlx.aggregators.gramian_weighting import GramianWeighting  # noqa: PLC0415 (cycle)
 
-  def aggregate(task_grads):
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(task_grads, state, params=None, **extra):
+    del params, extra
     k = validation.num_tasks(task_grads)
-    return jacobian.combine(weights_for(k), task_grads)
+    return jacobian.combine(weights_for(k), task_grads), state
 
-  return stateless(aggregate)
+  return GramianWeighting(init_fn, update_fn, lambda gramian: weights_for(gramian.shape[0]),
+                          name=name, needs_gramian=False)
 
 
 def stacked_zeros(params: Any, k: int) -> Any:

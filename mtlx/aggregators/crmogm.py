@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,6 @@ import optax
 
 from mtlx import validation
 from mtlx import weightings
-from mtlx.aggregators.gramian_weighting import _accepted_extras
 from mtlx.aggregators.gramian_weighting import gramian_weighting
 from mtlx.aggregators.mean import mean_weights
 
@@ -40,7 +39,8 @@ def _resolve(weighting):
 
 def crmogm(weighting: Callable[..., Any] | str | None = None, beta: float = 0.9, *,
            num_tasks: int | None = None,
-           init: Callable[[int], Any] | None = None) -> optax.GradientTransformationExtraArgs:
+           init: Callable[[int], Any] | None = None,
+           extras: Sequence[str] = ()) -> optax.GradientTransformationExtraArgs:
   """CR-MOGM: smooth the weights of any Gramian weighting with an EMA.
 
   .. math::
@@ -64,6 +64,8 @@ def crmogm(weighting: Callable[..., Any] | str | None = None, beta: float = 0.9,
     beta: EMA coefficient on the previous weights, in ``[0, 1]`` (0: no smoothing).
     num_tasks: K (the state is ``[K]``); required.
     init: ``init(K) -> state`` when ``weighting`` is stateful.
+    extras: keyword extras of ``update`` that ``weighting`` reads (e.g.
+      ``('task_losses',)`` for ``mgda`` with a loss normalization).
 
   Properties: those of ``f`` that survive convex combinations over time (e.g.
   weights on the simplex); non-conflicting only at ``β = 0`` even when ``f`` is,
@@ -86,7 +88,7 @@ def crmogm(weighting: Callable[..., Any] | str | None = None, beta: float = 0.9,
                        init(k) if stateful else ())
 
   def smoothed(gramian, state, **extra):
-    kwargs = _accepted_extras(fn, extra)
+    kwargs = {n: extra[n] for n in extras if n in extra}
     if stateful:
       w_hat, inner = fn(gramian, state.inner, **kwargs)
     else:
@@ -100,6 +102,6 @@ def crmogm(weighting: Callable[..., Any] | str | None = None, beta: float = 0.9,
     w = jnp.where(state.count == 0, w_hat, beta * prev + (1.0 - beta) * w_hat)
     return w, CRMOGMState(state.count + 1, w.astype(state.weights.dtype), inner)
 
-  # gramian_weighting forwards the extras the signature names; **extra takes all.
   smoothed.__name__ = label
-  return gramian_weighting(smoothed, init=init_fn, num_tasks=num_tasks, name=label)
+  return gramian_weighting(smoothed, init=init_fn, num_tasks=num_tasks, name=label,
+                           extras=extras)

@@ -1,9 +1,16 @@
-"""Turn a weighting of the Gramian (or of the cross matrix of two batches) into a transform."""
+"""Turn a weighting of the Gramian (or of the cross matrix of two batches) into a transform.
+
+The transforms are typed: :class:`GramianWeighting` and :class:`CrossGramianWeighting`
+are ``optax.GradientTransformationExtraArgs`` (they chain like any optax transform)
+that also carry their pure weight function, its state init and the keyword extras
+it reads, so a training step can call the weight function directly on a Gramian
+it computed another way (``mtlx.value_and_gramian``) instead of running ``update``
+on a ``K × P`` Jacobian.
+"""
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import optax
@@ -16,20 +23,79 @@ from mtlx.aggregators._extras import second_batch
 _BATCHES = ("task_grads_2", "task_grads_3")
 
 
-def _accepted_extras(fn: Callable[..., Any], extra: dict[str, Any]) -> dict[str, Any]:
-  """The keyword extras that ``fn``'s signature names (all of them for ``**kwargs``)."""
-  params = inspect.signature(fn).parameters
-  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-    return dict(extra)
-  return {name: value for name, value in extra.items() if name in params}
+def _check_extras(extras: Sequence[str], label: str) -> tuple[str, ...]:
+  if isinstance(extras, str) or not all(isinstance(e, str) for e in extras):
+    raise ValueError(f"{label}: extras={extras!r}; expected a sequence of keyword "
+                     "names such as ('task_losses',).")
+  return tuple(extras)
 
 
-def _matrix_weighting(weighting, matrix_of, init, num_tasks, label):
+class GramianWeighting(optax.GradientTransformationExtraArgs):
+  """A gradient-space transform ``d = Σ_k w_k g_k`` whose weights are ``w = f(G)``.
+
+  An ``optax.GradientTransformationExtraArgs`` (the ``(init, update)`` pair, so it
+  chains and unpacks like any optax transform) that also carries, as attributes:
+
+  Attributes:
+    weight_fn: the pure weighting ``f``: ``f(G, **extras) -> w[K]`` when
+      ``state_init is None``, else ``f(G, state, **extras) -> (w[K], state)``.
+    state_init: ``state_init(num_tasks) -> state`` or ``None`` (stateless).
+    num_tasks: K when the state is sized by it, else ``None``.
+    extras: names of the keyword extra arguments of ``update`` that ``weight_fn``
+      reads (e.g. ``('task_losses',)``); the others are not passed to it.
+    name: the method's name (error messages, logs).
+    needs_gramian: False for fixed weightings (linear scalarization, mean) whose
+      ``weight_fn`` only reads K from the matrix's shape: the one-backward engine
+      serves them.
+
+  :meth:`weights` is the one call every engine makes: ``(G, state, **extra) ->
+  (w, new_state)`` with the checks of ``update``.
+  """
+
+  def __new__(cls, init, update, weight_fn=None, state_init=None, num_tasks=None,
+              extras=(), name="gramian_weighting", needs_gramian=True):
+    self = super().__new__(cls, init, update)
+    self.needs_gramian = bool(needs_gramian)
+    # Attributes, not tuple fields: optax.chain unpacks transforms as (init, update).
+    self.weight_fn = weight_fn
+    self.state_init = state_init
+    self.num_tasks = num_tasks
+    self.extras = tuple(extras)
+    self.name = name
+    return self
+
+  def weights(self, matrix: jax.Array, state: Any, **extra) -> tuple[jax.Array, Any]:
+    """``(w[K], new_state)`` of the weighting for the ``K × K`` matrix ``matrix``.
+
+    ``extra`` may hold any keyword extras; those named in :attr:`extras` are passed.
+    Raises ``ValueError`` for a K that differs from ``num_tasks`` or a weight
+    vector of the wrong shape.
+    """
+    k = jax.numpy.shape(matrix)[0]
+    validation.check_num_tasks(k, self.num_tasks, self.name)
+    kwargs = {n: extra[n] for n in self.extras if n in extra}
+    if self.state_init is None:
+      weights = self.weight_fn(matrix, **kwargs)
+    else:
+      weights, state = self.weight_fn(matrix, state, **kwargs)
+    if jax.numpy.shape(weights) != (k,):
+      raise ValueError(f"{self.name} returned weights of shape {jax.numpy.shape(weights)}; "
+                       f"expected shape ({k},).")
+    return weights, state
+
+
+class CrossGramianWeighting(GramianWeighting):
+  """A :class:`GramianWeighting` whose matrix is the cross matrix ``C = J₁ J₂ᵀ`` of two
+  independent mini-batches (MoDo, SDMGrad): it cannot run on one batch's Gramian,
+  so only the Jacobian engine (with the extra batches) serves it."""
+
+
+def _typed(cls, weighting, matrix_of, init, num_tasks, label, extras):
   """The transform ``d = Σ_k w_k h_k`` with ``w = weighting(M[, state], **extras)``.
 
   ``matrix_of(task_grads, extra) -> (M, direction, extras)`` gives the ``K × K``
   matrix the weights are read from, the stacked grads ``h`` they combine and the
-  keyword extras left for the weighting (filtered by its signature).
+  keyword extras left for the weighting.
   """
 
   def init_fn(params):
@@ -38,27 +104,22 @@ def _matrix_weighting(weighting, matrix_of, init, num_tasks, label):
 
   def update_fn(task_grads, state, params=None, **extra):
     del params
-    k = validation.num_tasks(task_grads)
-    validation.check_num_tasks(k, num_tasks, label)
+    validation.num_tasks(task_grads)
     matrix, direction, extra = matrix_of(task_grads, extra)
-    kwargs = _accepted_extras(weighting, extra)
-    if init is None:
-      weights = weighting(matrix, **kwargs)
-    else:
-      weights, state = weighting(matrix, state, **kwargs)
-    if jax.numpy.shape(weights) != (k,):
-      raise ValueError(f"{label} returned weights of shape {jax.numpy.shape(weights)}; "
-                       f"expected shape ({k},).")
+    weights, state = tx.weights(matrix, state, **extra)
     return jacobian.combine(weights, direction), state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  tx = cls(init_fn, update_fn, weighting, init, num_tasks,
+           _check_extras(extras, label), label)
+  return tx
 
 
 def gramian_weighting(
     weighting: Callable[..., Any], *,
     init: Callable[[int | None], Any] | None = None,
     num_tasks: int | None = None,
-    name: str | None = None) -> optax.GradientTransformationExtraArgs:
+    name: str | None = None,
+    extras: Sequence[str] = ()) -> GramianWeighting:
   """Wraps a weighting ``w = f(G)`` of the Gramian as an optax transform.
 
   .. math::  G = J J^T \\in R^{K×K},\\quad w = f(G),\\quad d = w^T J = \\sum_k w_k g_k
@@ -70,19 +131,21 @@ def gramian_weighting(
     weighting: a pure function of the Gramian.
       Stateless (``init is None``): ``weighting(gramian, **extras) -> weights[K]``.
       Stateful: ``weighting(gramian, state, **extras) -> (weights[K], new_state)``.
-      ``extras`` are the keyword extra arguments of ``update`` (``task_losses``
-      ...) that the function's signature names; a function with ``**kwargs``
-      receives all of them.
     init: for stateful weightings, ``init(num_tasks) -> state`` (a pytree of
       arrays), called by the transform's ``init``.
     num_tasks: K, when the state is sized by the number of tasks; an update with
       another K raises a ``ValueError`` that names both.
     name: the method's name for error messages.
+    extras: names of the keyword extra arguments of ``update`` that ``weighting``
+      reads (e.g. ``('task_losses',)``); only those are passed, when given.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; ``update(task_grads, state,
-    params=None, **extras)`` returns one params-shaped update. The state is the
-    weighting's own state (``optax.EmptyState()`` when stateless).
+    A :class:`GramianWeighting` (an ``optax.GradientTransformationExtraArgs``);
+    ``update(task_grads, state, params=None, **extras)`` returns one
+    params-shaped update. The state is the weighting's own state
+    (``optax.EmptyState()`` when stateless). The transform carries ``weighting``,
+    so the Gramian engine of :func:`mtlx.train.make_step` calls it on the Gramian
+    of :func:`mtlx.value_and_gramian` and never forms the ``K × P`` Jacobian.
 
   Cost: the Gramian (``K² P`` multiply-adds) and the combination (``K P``) on top
   of whatever ``weighting`` does on the ``K × K`` matrix; no memory beyond the
@@ -99,14 +162,15 @@ def gramian_weighting(
   def gramian_of(task_grads, extra):
     return jacobian.gramian(task_grads), task_grads, extra
 
-  return _matrix_weighting(weighting, gramian_of, init, num_tasks, label)
+  return _typed(GramianWeighting, weighting, gramian_of, init, num_tasks, label, extras)
 
 
 def cross_gramian_weighting(
     weighting: Callable[..., Any], *,
     init: Callable[[int | None], Any] | None = None,
     num_tasks: int | None = None,
-    name: str | None = None) -> optax.GradientTransformationExtraArgs:
+    name: str | None = None,
+    extras: Sequence[str] = ()) -> CrossGramianWeighting:
   """Wraps a weighting ``w = f(C)`` of the cross matrix of two batches as an optax transform.
 
   .. math::  C = J_1 J_2^T \\in R^{K×K},\\quad w = f(C),\\quad
@@ -124,14 +188,13 @@ def cross_gramian_weighting(
     weighting: a pure function of the cross matrix.
       Stateless (``init is None``): ``weighting(cross, **extras) -> weights[K]``.
       Stateful: ``weighting(cross, state, **extras) -> (weights[K], new_state)``.
-      ``extras`` are the keyword extra arguments of ``update`` other than the
-      batches (``task_losses`` ...) that the function's signature names; a
-      function with ``**kwargs`` receives all of them.
     init: for stateful weightings, ``init(num_tasks) -> state`` (a pytree of
       arrays), called by the transform's ``init``.
     num_tasks: K, when the state is sized by the number of tasks; an update with
       another K raises a ``ValueError`` that names both.
     name: the method's name for error messages.
+    extras: names of the keyword extra arguments of ``update`` other than the
+      batches (``task_losses`` ...) that ``weighting`` reads.
 
   Extra arguments of ``update``:
     task_grads_2: per-task grads of a second, independent mini-batch (same
@@ -142,7 +205,7 @@ def cross_gramian_weighting(
       same way); without it, ``d`` is built from ``task_grads``.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; ``update(task_grads, state,
+    A :class:`CrossGramianWeighting`; ``update(task_grads, state,
     params=None, *, task_grads_2, task_grads_3=None, **extras)`` returns one
     params-shaped update. The state is the weighting's own state
     (``optax.EmptyState()`` when stateless).
@@ -169,4 +232,4 @@ def cross_gramian_weighting(
     direction = task_grads if tg3 is None else tg3
     return jacobian.cross_gramian(task_grads, tg2), direction, rest
 
-  return _matrix_weighting(weighting, cross_of, init, num_tasks, label)
+  return _typed(CrossGramianWeighting, weighting, cross_of, init, num_tasks, label, extras)

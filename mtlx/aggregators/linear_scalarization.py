@@ -45,4 +45,4 @@ def linear_scalarization(weights: Any = None) -> optax.GradientTransformationExt
     validation.check_vector(fixed, k, "weights")
     return fixed
 
-  return fixed_weighting(weights_for)
+  return fixed_weighting(weights_for, name="linear_scalarization")

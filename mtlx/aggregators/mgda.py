@@ -87,4 +87,4 @@ def mgda(normalization: str = "none", *,
     return mgda_weights(gramian, normalization=normalization, task_losses=task_losses,
                         num_iters=num_iters)
 
-  return gramian_weighting(weighting, name="mgda")
+  return gramian_weighting(weighting, name="mgda", extras=("task_losses",))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mtlx import jacobian
 from mtlx import solvers
 from mtlx import validation
 from mtlx.aggregators.gramian_weighting import gramian_weighting
@@ -53,7 +54,7 @@ def pcd_weights(gramian, *, epsilon=0.0, max_multiplier: float = 100.0,
     return jnp.ones((1,), dtype)
   tol = solvers.default_tol(dtype) if tol is None else tol
   eps = jnp.broadcast_to(jnp.asarray(epsilon, dtype), (k - 1,))
-  n_all = jnp.sqrt(jnp.maximum(jnp.diagonal(gramian), 0.0))
+  n_all = jacobian.task_norms(gramian)
   big_m = jnp.max(n_all)
   safe_m = jnp.where(big_m > 0, big_m, jnp.ones_like(big_m))
   n = n_all[1:]

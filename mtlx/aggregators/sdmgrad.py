@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mtlx import jacobian
 from mtlx import solvers
 from mtlx import validation
 from mtlx.aggregators.gramian_weighting import cross_gramian_weighting
@@ -38,7 +39,7 @@ def sdmgrad_weights(cross, weights, *, lam: float = 0.3, num_iters: int = 20,
   """
   k = cross.shape[0]
   dtype = cross.dtype
-  s = jnp.mean(jnp.sqrt(jnp.maximum(jnp.diagonal(cross), 0.0)))
+  s = jnp.mean(jacobian.task_norms(cross))
   s2 = s * s
   chat = cross / jnp.where(s2 > 0, s2, 1.0)
   lin = lam * jnp.mean(chat, axis=1)

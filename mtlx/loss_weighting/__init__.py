@@ -5,12 +5,14 @@ per-task grads, so it chains in front of any gradient-space method::
 
   optax.chain(mtlx.dwa(num_tasks=2), mtlx.linear_scalarization(), optax.adam(1e-3))
 
-``mtlx.loss_weights(tx, state, losses)`` returns the weights from the losses
-alone, for the one-backward path. ``REGISTRY`` maps the short names used by
-configs to the constructors; ``mtlx.registry`` reads it (``fixed_weights`` needs
-its weights and is not registered).
+Each transform is a :class:`LossWeighting` that carries its weight function;
+``mtlx.loss_weights(tx, state, losses)`` calls it on the losses alone (the
+one-backward and Gramian engines). Short names for configs live in
+:mod:`mtlx.registry` (``fixed_weights`` needs its weights and is not registered).
 """
 
+from mtlx.loss_weighting.base import LossWeighting
+from mtlx.loss_weighting.base import loss_chain
 from mtlx.loss_weighting.base import loss_space_weighting
 from mtlx.loss_weighting.base import loss_weights
 from mtlx.loss_weighting.db_mtl import db_mtl
@@ -26,25 +28,8 @@ from mtlx.loss_weighting.scale_invariant import scale_invariant
 from mtlx.loss_weighting.stch import stch
 from mtlx.loss_weighting.uncertainty_weighting import uncertainty_weighting
 
-REGISTRY = {
-    "uncertainty": uncertainty_weighting,
-    "uncertainty_weighting": uncertainty_weighting,
-    "dwa": dwa,
-    "rlw": random_loss_weighting,
-    "random_loss_weighting": random_loss_weighting,
-    "gls": geometric_loss,
-    "geometric_loss": geometric_loss,
-    "scale_invariant": scale_invariant,
-    "imtl_l": imtl_l,
-    "gradnorm": gradnorm,
-    "db_mtl": db_mtl,
-    "famo": famo,
-    "stch": stch,
-    "normalize_task_scale": normalize_task_scale,
-}
-
 __all__ = [
-    "REGISTRY",
+    "LossWeighting",
     "db_mtl",
     "dwa",
     "famo",
@@ -52,6 +37,7 @@ __all__ = [
     "geometric_loss",
     "gradnorm",
     "imtl_l",
+    "loss_chain",
     "loss_space_weighting",
     "loss_weights",
     "normalize_task_scale",
@@ -68,6 +54,11 @@ class _CallableModule(__import__("types").ModuleType):
 
   def __call__(self, *args, **kwargs):
     return loss_space_weighting(*args, **kwargs)
+
+  @property
+  def REGISTRY(self):  # noqa: N802 - the old name -> constructor table, now mtlx.registry's
+    from mtlx import registry  # noqa: PLC0415 (cycle)
+    return registry.loss_methods()
 
 
 __import__("sys").modules[__name__].__class__ = _CallableModule

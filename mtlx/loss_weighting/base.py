@@ -7,53 +7,24 @@ its own state) and re-weights the stacked per-task gradients row by row:
 
 so its output is again a stacked pytree (leading K axis on every leaf) that any
 gradient-space method (``mtlx.linear_scalarization()``, ``mtlx.pcgrad()`` ...)
-consumes. :func:`loss_space_weighting` wraps a pure ``weight_fn`` once;
-:func:`loss_weights` reads the weights of such a transform (or of an
-``optax.chain`` of them) from the losses alone, so a trainer can take ONE backward
-pass of ``Σ_k w_k L_k`` instead of K.
+consumes. :func:`loss_space_weighting` wraps a pure ``weight_fn`` once into a
+:class:`LossWeighting`, which carries it; :func:`loss_weights` calls it (for one
+transform or a :func:`loss_chain` of them) on the losses alone, so a trainer can
+take ONE backward pass of ``Σ_k w_k L_k`` instead of K.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import jacobian
 from mtlx import validation
 
 PyTree = Any
-
-_PROBE = threading.local()
-
-
-def _probing() -> bool:
-  return getattr(_PROBE, "active", False)
-
-
-@contextlib.contextmanager
-def _probe():
-  """Marks (at trace time) that ``loss_weights`` drives the transform."""
-  previous = _probing()
-  _PROBE.active = True
-  try:
-    yield
-  finally:
-    _PROBE.active = previous
-
-
-def check_not_probing(method: str, hint: str = "") -> None:
-  """Raises if a method that reads real gradients runs inside ``loss_weights``."""
-  if _probing():
-    raise ValueError(
-        f"{method} reads the per-task gradients, so its weights cannot be computed "
-        "from the losses alone: mtlx.loss_weights does not support it. Use the "
-        "stacked path instead: `losses, task_grads = mtlx.value_and_jacobian(loss_fn)"
-        "(params, batch)` then `tx.update(task_grads, state, params, "
-        f"task_losses=losses)`.{(' ' + hint) if hint else ''}")
 
 
 def check_losses(task_losses: Any, k: int | None, method: str) -> jax.Array:
@@ -68,7 +39,7 @@ def check_losses(task_losses: Any, k: int | None, method: str) -> jax.Array:
 
 def compute_dtype(task_losses: jax.Array) -> jnp.dtype:
   """Weights are computed in float32 or wider (bf16 losses -> float32)."""
-  return jnp.promote_types(task_losses.dtype, jnp.float32)
+  return jacobian.accumulation_dtype(task_losses.dtype)
 
 
 def state_zeros(k: int) -> jax.Array:
@@ -85,7 +56,7 @@ def scale_rows(weights: jax.Array, task_grads: PyTree) -> PyTree:
   """``g_k -> w_k g_k`` on every leaf (leading K axis), in float32 or wider."""
 
   def leaf(g):
-    acc = jnp.promote_types(g.dtype, jnp.float32)
+    acc = jacobian.accumulation_dtype(g.dtype)
     w = weights.astype(acc).reshape((-1,) + (1,) * (g.ndim - 1))
     return (w * g.astype(acc)).astype(g.dtype)
 
@@ -110,12 +81,69 @@ def guard_non_finite(weights: jax.Array, new_state: Any, state: Any,
   return weights, new_state
 
 
+class LossWeighting(optax.GradientTransformationExtraArgs):
+  """A loss-space transform ``g_k -> w_k g_k`` that carries its weight function.
+
+  An ``optax.GradientTransformationExtraArgs`` (the ``(init, update)`` pair: it
+  chains and unpacks like any optax transform) with, as attributes:
+
+  Attributes:
+    weight_fn: ``weight_fn(state, task_losses) -> (w[K], new_state)``, or with
+      ``reads_grads`` ``weight_fn(state, task_losses, task_grads)``.
+    state_init: ``state_init(num_tasks) -> state`` or ``None`` (``EmptyState``).
+    num_tasks: K when the state is sized by it, else ``None``.
+    reads_grads: whether ``weight_fn`` reads the stacked per-task grads
+      (GradNorm): such a weighting needs an engine that forms them.
+    name: the method's name (error messages, logs).
+
+  :meth:`weights` is the one call every engine makes.
+  """
+
+  def __new__(cls, init, update, weight_fn=None, state_init=None, num_tasks=None,
+              reads_grads=False, name="loss_weighting"):
+    self = super().__new__(cls, init, update)
+    # Attributes, not tuple fields: optax.chain unpacks transforms as (init, update).
+    self.weight_fn = weight_fn
+    self.state_init = state_init
+    self.num_tasks = num_tasks
+    self.reads_grads = bool(reads_grads)
+    self.name = name
+    return self
+
+  def weights(self, state: Any, task_losses: Any,
+              task_grads: PyTree = None) -> tuple[jax.Array, Any]:
+    """``(w[K], new_state)``: checked losses in, checked weights out.
+
+    ``task_grads`` (stacked, leading K axis) is required when :attr:`reads_grads`.
+    Non-finite losses give non-finite weights and leave the state as it was
+    (:func:`guard_non_finite`).
+    """
+    task_losses = check_losses(task_losses, None, self.name)
+    k = task_losses.shape[0]
+    validation.check_num_tasks(k, self.num_tasks, self.name)
+    if self.reads_grads:
+      if task_grads is None:
+        raise ValueError(
+            f"{self.name} reads the per-task gradients, so its weights cannot be "
+            "computed from the losses alone (the one-backward and Gramian engines, "
+            "mtlx.loss_weights). Use the stacked path instead: `losses, task_grads = "
+            "mtlx.value_and_jacobian(loss_fn)(params, batch)` then `tx.update("
+            "task_grads, state, params, task_losses=losses)` (engine='jacobian').")
+      weights, new_state = self.weight_fn(state, task_losses, task_grads)
+    else:
+      weights, new_state = self.weight_fn(state, task_losses)
+    if jnp.shape(weights) != (k,):
+      raise ValueError(f"{self.name} produced weights of shape {jnp.shape(weights)}; "
+                       f"expected shape ({k},).")
+    return guard_non_finite(weights, new_state, state, task_losses)
+
+
 def loss_space_weighting(
     weight_fn: Callable[..., Any], *,
     init_fn: Callable[[int | None], Any] | None = None,
     num_tasks: int | None = None,
     name: str = "loss_weighting",
-    reads_grads: bool = False) -> optax.GradientTransformationExtraArgs:
+    reads_grads: bool = False) -> LossWeighting:
   """Wraps a pure weight function as a loss-space transform (``g_k -> w_k g_k``).
 
   Args:
@@ -128,10 +156,10 @@ def loss_space_weighting(
       update with another K raises a ``ValueError`` naming both numbers.
     name: the method's public name, for error messages.
     reads_grads: whether ``weight_fn`` reads the stacked grads (GradNorm); such
-      a transform refuses to run inside :func:`loss_weights`.
+      a transform needs the per-task grads (refused by :func:`loss_weights`).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose ``update(task_grads, state,
+    A :class:`LossWeighting` (an ``optax.GradientTransformationExtraArgs``) whose ``update(task_grads, state,
     params=None, *, task_losses, **extra)`` returns the re-weighted stacked grads
     (same structure and dtypes) and the new state. Non-finite losses give
     non-finite weights and leave the state unchanged (:func:`guard_non_finite`).
@@ -147,31 +175,79 @@ def loss_space_weighting(
     del params, extra
     k = validation.num_tasks(task_grads)
     validation.check_num_tasks(k, num_tasks, name)
-    task_losses = check_losses(task_losses, k, name)
-    if reads_grads:
-      check_not_probing(name)
-      weights, new_state = weight_fn(state, task_losses, task_grads)
-    else:
-      weights, new_state = weight_fn(state, task_losses)
-    if jnp.shape(weights) != (k,):
-      raise ValueError(f"{name} produced weights of shape {jnp.shape(weights)}; "
-                       f"expected shape ({k},).")
-    weights, new_state = guard_non_finite(weights, new_state, state, task_losses)
+    check_losses(task_losses, k, name)
+    weights, new_state = tx.weights(state, task_losses, task_grads)
     return scale_rows(weights, task_grads), new_state
 
-  return optax.GradientTransformationExtraArgs(init, update)
+  tx = LossWeighting(init, update, weight_fn, init_fn, num_tasks, reads_grads, name)
+  return tx
 
 
-def loss_weights(tx: optax.GradientTransformation, state: Any,
-                 task_losses: jax.Array) -> tuple[jax.Array, Any]:
-  """The weights of a loss-space transform (or chain of them) from the losses alone.
+def loss_chain(*transforms: LossWeighting) -> LossWeighting:
+  """``optax.chain`` of loss-space weightings that stays a :class:`LossWeighting`.
 
-  Every loss-only transform maps row ``g_k`` of the stacked grads to ``w_k g_k``.
-  Running ``tx.update`` on the ``K × K`` identity as a one-leaf stacked gradient
-  therefore returns ``diag(w)`` (for a chain, the product of the chain's
-  weights), and the diagonal is the weight vector. A training step then takes one
-  forward and one backward pass, pulling the weights back through the VJP of
-  the loss vector (the weights are constants of the backward pass)::
+  The chain's weights are the product ``w = Π_i w^{(i)}`` (each member sees the
+  rows already re-weighted by the members before it, as in ``optax.chain``); its
+  state is the tuple of the members' states, exactly ``optax.chain``'s, so either
+  can be used with the other's state. ``optax.chain`` itself returns an opaque
+  transform, which :func:`loss_weights` and the trainer's engines cannot read.
+
+  Raises:
+    ValueError: if a member is not a :class:`LossWeighting`.
+  """
+  for i, t in enumerate(transforms):
+    if not isinstance(t, LossWeighting):
+      raise ValueError(f"mtlx.loss_chain: transform {i} is a {type(t).__name__}; "
+                       "expected a loss-space weighting (mtlx.dwa(), mtlx.famo(), ...: "
+                       "a LossWeighting).")
+  chained = optax.chain(*transforms)
+
+  def weight_fn(state, task_losses, task_grads=None):
+    weights, new_state = None, []
+    for t, s in zip(transforms, state):
+      rows = None
+      if t.reads_grads:
+        rows = task_grads if weights is None else scale_rows(weights, task_grads)
+      w, s = t.weights(s, task_losses, rows)
+      weights = w if weights is None else weights * w.astype(weights.dtype)
+      new_state.append(s)
+    return weights, tuple(new_state)
+
+  nums = {t.num_tasks for t in transforms} - {None}
+  return LossWeighting(chained.init, chained.update, weight_fn, None,
+                       nums.pop() if len(nums) == 1 else None,
+                       any(t.reads_grads for t in transforms),
+                       "+".join(t.name for t in transforms))
+
+
+def as_loss_weightings(tx: Any) -> tuple[LossWeighting, ...]:
+  """``tx`` (a :class:`LossWeighting`, a sequence of them, or ``None``) as a tuple.
+
+  Raises a ``ValueError`` naming what was given otherwise (an ``optax.chain`` hides
+  its members: build it with :func:`loss_chain` or pass the list).
+  """
+  if tx is None:
+    return ()
+  items = tuple(tx) if isinstance(tx, (list, tuple)) and not isinstance(
+      tx, optax.GradientTransformation) else (tx,)
+  for t in items:
+    if not isinstance(t, LossWeighting):
+      raise ValueError(
+          f"expected a loss-space weighting (a LossWeighting such as mtlx.dwa(), or "
+          f"mtlx.loss_chain(...) of them); got a {type(t).__name__}. An optax.chain "
+          "hides its members: use mtlx.loss_chain(a, b) instead, and keep "
+          "gradient-space methods and optimizers out of it.")
+  return items
+
+
+def loss_weights(tx: Any, state: Any, task_losses: jax.Array) -> tuple[jax.Array, Any]:
+  """The weights of a loss-space weighting (or a chain of them) from the losses alone.
+
+  Calls the weight function the transform carries (:class:`LossWeighting`); for a
+  :func:`loss_chain` (or a list of weightings with the tuple of their states) the
+  product of the members' weights. A training step then takes one forward and
+  one backward pass, pulling the weights back through the VJP of the loss vector
+  (the weights are constants of the backward pass)::
 
     losses, vjp = jax.vjp(lambda p: loss_fn(p, batch), params)
     weights, state = mtlx.loss_weights(loss_tx, state, losses)
@@ -180,14 +256,11 @@ def loss_weights(tx: optax.GradientTransformation, state: Any,
 
   which equals ``loss_tx`` applied to the stacked per-task grads followed by
   ``mtlx.linear_scalarization()``, with one backward pass instead of K.
-  ``new_state`` is exactly the state the stacked path would produce. (To put a
-  gradient-space method after a loss weighting, use the stacked path: the
-  one-backward path yields one combined gradient.)
+  ``new_state`` is exactly the state the stacked path would produce.
 
   Args:
-    tx: a loss-space transform, or an ``optax.chain`` of loss-space transforms
-      only (a gradient-space aggregator or an optimizer in the chain is an error
-      or, for element-wise optimizers, gives meaningless weights).
+    tx: a :class:`LossWeighting`, a :func:`loss_chain` of them, or a list of them
+      (then ``state`` is the tuple of their states).
     state: ``tx``'s state (``tx.init(params)``).
     task_losses: ``[K]`` floating losses of the current batch.
 
@@ -195,26 +268,17 @@ def loss_weights(tx: optax.GradientTransformation, state: Any,
     ``(weights[K], new_state)``.
 
   Raises:
-    ValueError: at trace time, for bad ``task_losses``; for a transform that
-      reads real gradients (GradNorm, DB-MTL); or if ``tx`` does not map
-      stacked grads to stacked grads (e.g. it contains an aggregator).
+    ValueError: at trace time, for bad ``task_losses``; for a weighting that
+      reads the per-task gradients (GradNorm); or if ``tx`` is not a loss-space
+      weighting (an ``optax.chain``, an aggregator, an optimizer).
 
-  Cost: ``tx.update`` on a ``K × K`` matrix (``K²`` numbers); no backward pass.
+  Cost: the weight functions' own work (O(K) for loss-only methods); no backward pass.
   """
   task_losses = check_losses(task_losses, None, "mtlx.loss_weights")
-  k = task_losses.shape[0]
-  eye = jnp.eye(k, dtype=compute_dtype(task_losses))
-  with _probe():
-    out, new_state = tx.update(eye, state, None, task_losses=task_losses)
-  leaves = jax.tree_util.tree_leaves(out)
-  if len(leaves) != 1 or jnp.shape(leaves[0]) != (k, k):
-    shapes = [jnp.shape(x) for x in leaves]
-    raise ValueError(
-        f"mtlx.loss_weights: tx mapped the ({k}, {k}) stacked probe to leaves of "
-        f"shapes {shapes}; expected one ({k}, {k}) leaf. tx must map stacked task "
-        "grads to stacked task grads (loss-space transforms only, no aggregator "
-        "or optimizer in the chain).")
-  return jnp.diagonal(leaves[0]), new_state
+  if isinstance(tx, LossWeighting):
+    return tx.weights(state, task_losses)
+  items = as_loss_weightings(tx)
+  return loss_chain(*items).weights(tuple(state), task_losses)
 
 
 # The old public name (``mtlx.loss_weighting(fn)``); the package ``mtlx.loss_weighting``

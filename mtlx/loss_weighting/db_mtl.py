@@ -72,8 +72,6 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
     kk = validation.num_tasks(task_grads)
     validation.check_num_tasks(kk, k, name)
     task_losses = base.check_losses(task_losses, kk, name)
-    base.check_not_probing(name, "DB-MTL's loss part alone (the log transform) is "
-                           "mtlx.scale_invariant(), which works with loss_weights.")
     validation.check_state_structure(task_grads, state.buffer, name)
     dtype = base.compute_dtype(task_losses)
     count = optax.safe_int32_increment(state.count)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mtlx import jacobian
+
 PyTree = Any
 
 
@@ -81,7 +83,7 @@ def check_finetuned(base: PyTree, finetuned: Sequence[PyTree],
 
 
 def compute_dtype(dtype) -> jnp.dtype:
-  return jnp.promote_types(dtype, jnp.float32)
+  return jacobian.accumulation_dtype(dtype)
 
 
 def stack_task_vectors(base: PyTree, finetuned: Sequence[PyTree]) -> PyTree:

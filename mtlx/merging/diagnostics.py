@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from mtlx import jacobian
 from mtlx.merging import _common
 from mtlx.merging import ties_merging as ties_lib
 
@@ -14,8 +15,7 @@ PyTree = Any
 
 
 def _cosine(gram):
-  n = jnp.sqrt(jnp.diag(gram))
-  return gram / (n[:, None] * n[None, :])
+  return jacobian.cosines(gram)
 
 
 def cosine_similarity(base: PyTree, finetuned: Sequence[PyTree],

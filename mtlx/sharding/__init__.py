@@ -1,4 +1,4 @@
-"""The same MTO step on a device mesh: data, model (FSDP) and task axes.
+"""Meshes, sharding rules and hosts for the MTO step: data, model (FSDP) and task axes.
 
 Everything here is JAX's own SPMD partitioner: a :class:`jax.sharding.Mesh` with the
 axes ``('data', 'model', 'task')``, :class:`~jax.sharding.NamedSharding` s on the
@@ -21,17 +21,18 @@ collectives. What each axis does:
   so this axis trades backward-pass compute for communication; it pays off when the
   K backward passes dominate.
 
-Typical use (the trainer's; see :func:`make_sharded_step`)::
+The step itself is :func:`mtlx.train.make_step` (every engine) with ``mesh=``::
 
   mesh = mtlx.sharding.make_mesh(data=4, model=2)
-  step = mtlx.sharding.make_sharded_step(loss_fn, tx, mesh, params, param_rule="fsdp")
-  params, opt_state = step.init(params)
+  st = mtlx.train.make_step(loss_fn, grad_tx=mtlx.upgrad(), optimizer=optax.adam(1e-3),
+                            engine="gramian", params=params, mesh=mesh, param_rule="fsdp")
+  state = st.init(params, example_batch)
   for batch in batches:
-    params, opt_state, losses = step.step(params, opt_state, step.shard_batch(batch))
+    state, info = st.step(state, st.shard_batch(batch))
 
-The experiment trainer (:func:`mtlx.train.make_trainer` with ``mesh=``, driven by
-``config.mesh`` in ``experiments/train.py``) takes its shardings from the same
-:func:`step_shardings`.
+It takes its shardings from :func:`step_shardings`; so does the experiment trainer
+(:func:`mtlx.train.make_trainer` with ``mesh=``, driven by ``config.mesh`` in
+``experiments/train.py``).
 
 Multi-host: call :func:`initialize_distributed` first thing in the entry point;
 every host runs the same program on its own slice of the global batch
@@ -47,24 +48,20 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mtlx import jacobian as jacobian_lib
 from mtlx import validation
 
 PyTree = Any
 
 AXES = ("data", "model", "task")
 PARAM_RULES = ("replicated", "fsdp")
-MODES = ("jacobian", "autogram")
 
 __all__ = [
     "AXES",
     "MeshConfig",
-    "ShardedStep",
     "StepShardings",
     "abstract_with_shardings",
     "batch_sharding",
@@ -76,7 +73,6 @@ __all__ = [
     "initialize_distributed",
     "is_primary_host",
     "make_mesh",
-    "make_sharded_step",
     "mesh_from_config",
     "param_shardings",
     "replicated",
@@ -346,8 +342,8 @@ def step_shardings(params: PyTree, mesh: Mesh, *, param_rule: str = "replicated"
                    shard_tasks: bool = False, min_size: int = 2 ** 10) -> StepShardings:
   """The params' and per-task grads' shardings of a train step on ``mesh``.
 
-  The one place both :func:`make_sharded_step` and the experiment trainer
-  (:func:`mtlx.train.make_trainer` with ``mesh=``) get their shardings from; a
+  The one place the train step (:func:`mtlx.train.make_step` with ``mesh=``, also
+  behind :func:`mtlx.train.make_trainer`) gets its shardings from; a
   step constrains its params / state (:meth:`StepShardings.state`), batch
   (:meth:`StepShardings.batch`) and per-task grads (``.task_grads``) to them with
   ``jax.lax.with_sharding_constraint``.
@@ -548,145 +544,3 @@ def global_eval_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
       lambda x: jax.make_array_from_callback(np.shape(x), rep,
                                              lambda idx, x=np.asarray(x): x[idx]),
       local_batch)
-
-
-# ----------------------------------------------------------------------------- step
-
-
-class ShardedStep(NamedTuple):
-  """What :func:`make_sharded_step` returns.
-
-  Attributes:
-    step: ``(params, opt_state, batch) -> (params, opt_state, losses)`` (``losses``
-      is ``(losses, aux)`` with ``has_aux``), jitted with the params, state and
-      batch constrained to their shardings and ``out_shardings`` (params and
-      state donated). ``batch`` is any pytree of arrays with the example axis
-      first; scalar leaves (a PRNG key, a step count) are replicated.
-    init: ``params -> (params, opt_state)`` placed on their shardings.
-    shard_batch: ``batch -> batch`` placed over ``'data'`` (:func:`global_batch`).
-    param_shardings / state_shardings / batch_sharding / task_grads_shardings:
-      the shardings used.
-    mesh: the mesh.
-  """
-  step: Callable[..., Any]
-  init: Callable[[PyTree], Any]
-  shard_batch: Callable[[PyTree], PyTree]
-  param_shardings: PyTree
-  state_shardings: PyTree
-  batch_sharding: NamedSharding
-  task_grads_shardings: PyTree
-  mesh: Mesh
-
-
-def make_sharded_step(loss_fn: Callable[..., jax.Array],
-                      tx: optax.GradientTransformation, mesh: Mesh, params: PyTree, *,
-                      param_rule: str = "replicated", shard_tasks: bool = False,
-                      chunk_size: int | None = None, min_size: int = 2 ** 10,
-                      mode: str = "jacobian",
-                      optimizer: optax.GradientTransformation | None = None,
-                      has_aux: bool = False, donate: bool = True) -> ShardedStep:
-  """Builds the jitted, sharded MTO train step the trainer calls.
-
-  ``mode='jacobian'`` (every method)::
-
-    losses, J = value_and_jacobian(loss_fn, chunk_size)(params, batch)   # J sharded like params
-    updates, opt_state = tx.update(J, opt_state, params, task_losses=losses)
-    params = params + updates
-
-  ``mode='autogram'`` (Gramian methods only; ``tx`` is then the MTO transform and
-  ``optimizer`` the optax optimizer): the Gramian comes from
-  :func:`mtlx.value_and_gramian` (no ``K × P`` Jacobian), the weights from
-  :func:`mtlx.autogram.gramian_weights` applied to ``tx``, and the update is one
-  VJP of ``Σ_k w_k L_k`` fed to ``optimizer``; its state is
-  ``(tx_state, optimizer_state)``.
-
-  Args:
-    loss_fn: ``(params, batch) -> losses[K]`` (``(losses, aux)`` with ``has_aux``).
-    tx: the full chain (``mode='jacobian'``), or the MTO part (``'autogram'``).
-    mesh: from :func:`make_mesh`.
-    params: example params (arrays or ``ShapeDtypeStruct`` s) for the shardings.
-    param_rule: ``'replicated'`` or ``'fsdp'`` (:func:`param_shardings`).
-    shard_tasks: split the K axis of the per-task grads over ``'task'``.
-    chunk_size: per-task grads ``chunk_size`` at a time (``value_and_jacobian``).
-    min_size: FSDP threshold in elements.
-    mode: ``'jacobian'`` or ``'autogram'``.
-    optimizer: the optax optimizer for ``mode='autogram'``.
-    has_aux: ``loss_fn`` also returns auxiliary data (small metrics: returned
-      replicated); ``step`` then returns ``(params, opt_state, (losses, aux))``.
-    donate: donate params and optimizer state buffers to the step.
-
-  Raises:
-    ValueError: for an unknown ``param_rule`` / ``mode``, or ``mode='autogram'``
-      without ``optimizer``.
-
-  Cost: that of the method; communication is what XLA inserts: the data-axis
-  all-reduce of the per-task grads, FSDP all-gathers of parameter shards in the
-  forward/backward pass (as for any FSDP model) and a ``K × K`` all-reduce for the
-  Gramian.
-  """
-  validation.check_choice(mode, MODES, "mode")
-  if mode == "autogram" and optimizer is None:
-    raise ValueError("mode='autogram' needs optimizer= (the optax optimizer that "
-                     "follows the MTO transform tx); got optimizer=None.")
-  sh = step_shardings(params, mesh, param_rule=param_rule, shard_tasks=shard_tasks,
-                      min_size=min_size)
-  p_sh, tg_sh = sh.params, sh.task_grads
-  rep = replicated(mesh)
-  b_sh = batch_sharding(mesh)
-
-  if mode == "jacobian":
-    init_fn = tx.init
-  else:
-    init_fn = lambda p: (tx.init(p), optimizer.init(p))
-  abstract_state = jax.eval_shape(init_fn, params)
-  s_sh = sh.state(abstract_state, params)
-  value_and_jac = jacobian_lib.value_and_jacobian(loss_fn, chunk_size=chunk_size,
-                                                  has_aux=has_aux)
-
-  def split(out):
-    return out if has_aux else (out, None)
-
-  def constrain(params, opt_state, batch):
-    # In-function constraints instead of in_shardings: the batch's structure (and
-    # its scalar leaves, e.g. a PRNG key) is only known when the step is traced.
-    wsc = jax.lax.with_sharding_constraint
-    return wsc(params, p_sh), wsc(opt_state, s_sh), wsc(batch, sh.batch(batch))
-
-  def jacobian_step(params, opt_state, batch):
-    params, opt_state, batch = constrain(params, opt_state, batch)
-    out, task_grads = value_and_jac(params, batch)
-    losses, _ = split(out)
-    task_grads = jax.lax.with_sharding_constraint(task_grads, tg_sh)
-    updates, opt_state = tx.update(task_grads, opt_state, params, task_losses=losses)
-    updates = jax.lax.with_sharding_constraint(updates, p_sh)
-    return optax.apply_updates(params, updates), opt_state, out
-
-  def autogram_step(params, opt_state, batch):
-    from mtlx import autogram
-    params, opt_state, batch = constrain(params, opt_state, batch)
-    mto_state, opt_inner = opt_state
-    out, gram = autogram.value_and_gramian(loss_fn, has_aux=has_aux)(params, batch)
-    losses, _ = split(out)
-    gram = jax.lax.with_sharding_constraint(gram, rep)
-    weights, mto_state = autogram.gramian_weights(tx, gram, mto_state, params,
-                                                  task_losses=losses)
-    grads = autogram.weighted_grad(loss_fn, has_aux=has_aux)(params, weights, batch)
-    grads = grads[0] if has_aux else grads
-    grads = jax.lax.with_sharding_constraint(grads, p_sh)
-    updates, opt_inner = optimizer.update(grads, opt_inner, params)
-    return optax.apply_updates(params, updates), (mto_state, opt_inner), out
-
-  step_fn = jacobian_step if mode == "jacobian" else autogram_step
-  step = jax.jit(step_fn, out_shardings=(p_sh, s_sh, rep),
-                 donate_argnums=(0, 1) if donate else ())
-
-  def init(params):
-    # A copy: the step donates its inputs, the caller keeps its own params.
-    params = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p), out_shardings=p_sh)(params)
-    state = jax.jit(init_fn, out_shardings=s_sh)(params)
-    return params, state
-
-  return ShardedStep(step=step, init=init,
-                     shard_batch=lambda batch: global_batch(batch, mesh),
-                     param_shardings=p_sh, state_shardings=s_sh, batch_sharding=b_sh,
-                     task_grads_shardings=tg_sh, mesh=mesh)

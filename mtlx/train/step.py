@@ -1,49 +1,74 @@
-"""The jitted multi-task training step, for any registered chain of MTO methods.
+"""The one jitted multi-task training step, for every engine and any chain of MTO methods.
 
-Three paths, chosen once from the config (:func:`choose_path`):
+:func:`make_step` takes ``(loss_tx, grad_tx, optimizer, engine)`` and returns the
+jitted step; the experiment trainer (:func:`make_trainer`) and sharded training
+(``mesh=``) both use it. Engines (``engine=``), cheapest first:
 
 ``one_backward``
-  the gradient-space part is plain linear scalarization: the loss-space weights
-  come from the losses alone (``mtlx.loss_weights``) and the step takes ONE
-  backward pass of ``Σ_k w_k L_k`` (1 forward + 1 backward).
+  the gradient-space part is a fixed weighting (linear scalarization, mean): the
+  loss-space weights come from the losses alone (the weight functions the
+  :class:`mtlx.LossWeighting` s carry) and the step takes ONE backward pass of
+  ``Σ_k w_k L_k`` (1 forward + 1 backward).
+``gramian``
+  the gradient-space method is a weighting of the Gramian (a
+  :class:`mtlx.GramianWeighting`): ``mtlx.value_and_gramian`` gives ``G = J Jᵀ``
+  without the ``K × P`` Jacobian, the loss-space weights ``v`` rescale it to
+  ``diag(v) G diag(v)`` (the Gramian of the re-weighted rows), the method's own
+  weight function gives ``u``, and one VJP of ``Σ_k v_k u_k L_k`` the update
+  (1 forward + K cotangent passes that stop at layer outputs + 1 forward/backward).
 ``jacobian``
-  any other gradient-space method (or a loss-space method that reads gradients,
-  GradNorm / DB-MTL): ``mtlx.value_and_jacobian`` gives the K per-task gradients
-  and the chain ``loss-space → gradient-space`` turns them into one update
+  every chain: ``mtlx.value_and_jacobian`` (K per-task gradients, optionally
+  ``chunk_size`` at a time), ``loss-space → gradient-space`` on them
   (1 forward + K backward passes, memory K × P).
 ``representation``
-  ``rep_grad=True``: per-task gradients w.r.t. the shared representation ``z``
+  per-task gradients w.r.t. the shared representation ``z``
   (``mtlx.value_and_representation_jacobian``); the gradient-space method maps the
   loss-weighted rows ``w_k ∂L_k/∂z`` to one direction ``d_z``, the encoder gets
-  ``(∂z/∂θ_enc)ᵀ d_z`` and the task-specific decoder the gradient of
-  ``Σ_k w_k L_k`` (``w`` the loss-space weights, 1 without a weighting: LibMTL's
-  ``rep_grad`` convention). Memory K × |z|.
+  ``(∂z/∂θ_enc)ᵀ d_z`` and the decoder the gradient of ``Σ_k w_k L_k`` (LibMTL's
+  ``rep_grad``). Memory K × |z|.
 
-Every path then applies the optimizer. The step also returns, for logging, the
-task losses, the task weights (for the stacked paths the least-squares
-coefficients of the update in the span of the task gradients,
-``w = G⁺ J d``, exact for every method whose update is a combination of the
-task gradients) and, when per-task gradients exist, their Gramian (cosines).
+``engine='auto'`` (:func:`choose_engine`) picks ``one_backward`` where valid, then
+``gramian`` for Gramian weightings when the model's autogram plan
+(:func:`mtlx.autogram.autogram_plan`) handles at least ``GRAMIAN_COVERAGE`` of its
+parameters layer-wise (the rest fall back to per-task grads), else ``jacobian``.
+An engine that cannot serve the methods raises a ``ValueError`` (saying why, and
+which engines can) before anything is built (:func:`check_engine`).
+
+Every engine then applies the optimizer. The step's ``info`` holds, for logging,
+the task losses, the task weights and ``weights_exact``: where the methods are
+weightings (every loss-space weighting, every Gramian weighting) the weights are
+exactly those the methods used (``w_k = v_k u_k``, the update is ``Σ_k w_k g_k``);
+for the others (GradDrop, trimmed mean, MoCo, ExcessMTL, two-batch methods, DB-MTL)
+the least-squares coefficients of the update in the span of the task gradients,
+``w = G⁺ J d``, and ``weights_exact`` is False. With per-task gradients or a Gramian
+it also holds their pairwise cosines.
 """
 
 from __future__ import annotations
 
-import inspect
+import logging
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from mtlx import aggregators
+from mtlx import autogram
 from mtlx import jacobian
 from mtlx import registry
 from mtlx import sharding as sharding_lib
-import mtlx.loss_weighting as weighting_lib
+from mtlx.aggregators.gramian_weighting import CrossGramianWeighting
+from mtlx.aggregators.gramian_weighting import GramianWeighting
+from mtlx.loss_weighting.base import LossWeighting
+from mtlx.loss_weighting.base import scale_rows
 from mtlx.train import losses as losses_lib
 from mtlx import metrics as metrics_lib
 
-PATHS = ("one_backward", "jacobian", "representation")
+ENGINES = ("one_backward", "gramian", "jacobian", "representation")
+PATHS = ENGINES  # the old name
+# engine='auto' takes the Gramian engine when at least this fraction of the parameters
+# (by count) gets its Gramian block from activations (biases, norm scales: fallback).
+GRAMIAN_COVERAGE = 0.9
 
 
 class TrainState(NamedTuple):
@@ -51,8 +76,8 @@ class TrainState(NamedTuple):
 
   Attributes:
     step: int32 scalar, number of updates taken.
-    params: ``{'encoder': ..., 'decoder': ...}`` plain arrays.
-    loss_state: state of the loss-space transform (``EmptyState`` without one).
+    params: the model's params (``{'encoder': ..., 'decoder': ...}`` in the trainer).
+    loss_state: tuple of the loss-space transforms' states (one per transform).
     grad_state: state of the gradient-space transform.
     opt_state: state of the optimizer.
     rng: a raw ``uint32[2]`` PRNG key, split once per step.
@@ -65,36 +90,16 @@ class TrainState(NamedTuple):
   rng: jax.Array
 
 
-def _construct(ctor: Callable, num_tasks: int, kwargs: dict | None):
-  kwargs = dict(kwargs or {})
-  if "num_tasks" in inspect.signature(ctor).parameters and "num_tasks" not in kwargs:
-    kwargs["num_tasks"] = num_tasks
-  return ctor(**kwargs)
-
-
 def check_method_names(method: str, weighting: str) -> None:
   """Raises ValueError listing the valid names for an unknown method or weighting."""
-  grads = registry.gradient_methods()
-  if method not in grads:
-    raise ValueError(f"config.method={method!r} is not a gradient-space method; "
-                     f"expected one of {sorted(grads)} (loss-space methods go in "
-                     f"config.weighting: {sorted(registry.loss_methods())}).")
-  losses = registry.loss_methods()
-  if weighting not in (None, "none") and weighting not in losses:
-    raise ValueError(f"config.weighting={weighting!r} is not a loss-space method; "
-                     f"expected 'none' or one of {sorted(losses)}.")
+  registry.check_names(method, weighting)
 
 
 def build_mto(method: str, weighting: str, num_tasks: int, *,
               method_kwargs: dict | None = None, weighting_kwargs: dict | None = None):
-  """``(loss_tx or None, grad_tx)`` from registry names (``num_tasks`` passed to
-  constructors that take it)."""
-  check_method_names(method, weighting)
-  grad_tx = _construct(registry.gradient_methods()[method], num_tasks, method_kwargs)
-  loss_tx = None
-  if weighting not in (None, "none"):
-    loss_tx = _construct(registry.loss_methods()[weighting], num_tasks, weighting_kwargs)
-  return loss_tx, grad_tx
+  """``(loss_tx or None, grad_tx)`` from registry names (:func:`mtlx.registry.build`)."""
+  return registry.build(method, weighting, num_tasks, method_kwargs=method_kwargs,
+                        weighting_kwargs=weighting_kwargs)
 
 
 def shared_params_mask(params) -> dict:
@@ -107,36 +112,106 @@ def shared_params_mask(params) -> dict:
   return {"encoder": True, "decoder": False}
 
 
-def is_plain_ls(method: str, method_kwargs: dict | None = None) -> bool:
-  """Whether the gradient-space part is linear scalarization with uniform weights."""
-  ctor = registry.gradient_methods().get(method)
-  return ctor is aggregators.linear_scalarization and not method_kwargs
+def _loss_list(loss_tx) -> tuple:
+  """``loss_tx`` (None, one transform, or a list of them) as a tuple."""
+  if loss_tx is None:
+    return ()
+  if isinstance(loss_tx, (list, tuple)) and not isinstance(loss_tx, optax.GradientTransformation):
+    return tuple(loss_tx)
+  return (loss_tx,)
 
 
-def loss_weights_work(loss_tx, params, num_tasks: int) -> bool:
-  """Whether ``mtlx.loss_weights`` can drive ``loss_tx`` (False for methods that
-  read gradients, e.g. GradNorm)."""
-  state = loss_tx.init(params)
-  try:
-    jax.eval_shape(lambda s, l: weighting_lib.loss_weights(loss_tx, s, l), state,
-                   jax.ShapeDtypeStruct((num_tasks,), jnp.float32))
-  except ValueError:
-    return False
-  return True
+def _name(tx) -> str:
+  return getattr(tx, "name", type(tx).__name__)
 
 
-def choose_path(method: str, loss_tx, params, num_tasks: int, *, rep_grad: bool,
-                method_kwargs: dict | None = None) -> str:
-  """The step's path (see the module docstring)."""
+def engine_reasons(loss_tx, grad_tx, *, extra_batches: int = 0,
+                   representation: bool = True) -> dict[str, str | None]:
+  """``{engine: None if it can serve the methods, else why not}``.
+
+  Read from the transforms' types (:class:`mtlx.LossWeighting`,
+  :class:`mtlx.GramianWeighting`): nothing is traced.
+  """
+  losses = _loss_list(loss_tx)
+  opaque = [_name(t) for t in losses if not isinstance(t, LossWeighting)]
+  reads = [t.name for t in losses if isinstance(t, LossWeighting) and t.reads_grads]
+  loss_only = None
+  if opaque:
+    loss_only = (f"the loss-space method(s) {opaque} are not weightings of the losses "
+                 "(they transform the per-task gradients)")
+  elif reads:
+    loss_only = f"the loss-space weighting(s) {reads} read the per-task gradients"
+  cross = isinstance(grad_tx, CrossGramianWeighting)
+  weighting = isinstance(grad_tx, GramianWeighting) and not cross
+  out = {"jacobian": None}
+  if extra_batches:
+    why = f"extra_batches={extra_batches} needs the per-task grads of every mini-batch"
+    return {"one_backward": why, "gramian": why, "jacobian": None, "representation": why}
+  if loss_only:
+    out["one_backward"] = out["gramian"] = out["representation"] = loss_only
+    return {e: out.get(e) for e in ENGINES}
+  if cross:
+    why = (f"{grad_tx.name} reads the cross matrix of two independent mini-batches "
+           "(set extra_batches)")
+    out["one_backward"] = out["gramian"] = out["representation"] = why
+    return {e: out.get(e) for e in ENGINES}
+  if not weighting:
+    out["one_backward"] = out["gramian"] = (
+        f"the gradient-space method {_name(grad_tx)} is not a weighting of the Gramian "
+        "(it acts on the per-task gradients themselves)")
+  elif grad_tx.needs_gramian:
+    out["one_backward"] = (f"the gradient-space method {grad_tx.name} reads the "
+                           "Gramian of the task gradients")
+  out["representation"] = None if representation else (
+      "the model has no encoder/decoder split (no representation function given)")
+  return {e: out.get(e) for e in ENGINES}
+
+
+def check_engine(engine: str, loss_tx, grad_tx, *, label: str | None = None,
+                 **kwargs) -> None:
+  """Raises ValueError if ``engine`` cannot serve the methods: why, and which engines can.
+
+  ``label`` names the methods in the message (default: the transforms' names).
+  """
+  if engine not in ENGINES:
+    raise ValueError(f"engine={engine!r}; expected 'auto' or one of {list(ENGINES)}.")
+  reasons = engine_reasons(loss_tx, grad_tx, **kwargs)
+  if reasons[engine] is not None:
+    can = [e for e in ENGINES if reasons[e] is None]
+    names = label or "+".join([_name(t) for t in _loss_list(loss_tx)] + [_name(grad_tx)])
+    raise ValueError(f"engine={engine!r} cannot serve {names}: {reasons[engine]}; "
+                     f"expected one of the engines that can: {can}.")
+
+
+def gramian_coverage(loss_fn: Callable, params, example_batch) -> float:
+  """Fraction of the parameters (by count) whose Gramian block
+  :func:`mtlx.value_and_gramian` takes from activations (the rest fall back)."""
+  plan = autogram.autogram_plan(loss_fn, params, example_batch)
+  sizes = {jax.tree_util.keystr(p): int(jnp.size(x))
+           for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  total = sum(sizes.values())
+  return 1.0 - sum(sizes[p] for p in plan.fallback) / max(total, 1)
+
+
+def choose_engine(loss_tx, grad_tx, *, loss_fn: Callable | None = None, params=None,
+                  example_batch=None, extra_batches: int = 0, rep_grad: bool = False,
+                  representation: bool = True, label: str | None = None) -> str:
+  """The cheapest engine that serves the methods (see the module docstring).
+
+  ``gramian`` needs ``loss_fn``, ``params`` and ``example_batch`` to read the
+  model's autogram plan; without them a Gramian method gets ``jacobian``.
+  """
+  reasons = engine_reasons(loss_tx, grad_tx, extra_batches=extra_batches,
+                           representation=representation)
   if rep_grad:
-    if loss_tx is not None and not loss_weights_work(loss_tx, params, num_tasks):
-      raise ValueError("config.rep_grad=True with a loss-space method that reads the "
-                       "per-task parameter gradients (GradNorm, DB-MTL); expected a "
-                       "loss-only weighting or rep_grad=False.")
+    check_engine("representation", loss_tx, grad_tx, extra_batches=extra_batches,
+                 representation=representation, label=label)
     return "representation"
-  if is_plain_ls(method, method_kwargs) and (
-      loss_tx is None or loss_weights_work(loss_tx, params, num_tasks)):
+  if reasons["one_backward"] is None:
     return "one_backward"
+  if reasons["gramian"] is None and example_batch is not None and loss_fn is not None:
+    if gramian_coverage(loss_fn, params, example_batch) >= GRAMIAN_COVERAGE:
+      return "gramian"
   return "jacobian"
 
 
@@ -181,121 +256,107 @@ def _dot_rows(task_grads, direction) -> jax.Array:
 
 
 def span_weights(gram: jax.Array, task_grads, direction) -> jax.Array:
-  """Least-squares ``w`` with ``Σ_k w_k g_k ≈ d``: ``w = G⁺ [<g_k, d>]``."""
+  """Least-squares ``w`` with ``Σ_k w_k g_k ≈ d``: ``w = G⁺ [<g_k, d>]`` (the logged
+  weights of methods that are not weightings; ``weights_exact`` is then False)."""
   return jnp.linalg.pinv(gram.astype(jnp.float32)) @ _dot_rows(task_grads, direction)
 
 
 def cosine_matrix(gram: jax.Array) -> jax.Array:
-  """Pairwise cosines ``G_kl / sqrt(G_kk G_ll)`` of the task gradients."""
-  d = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 1e-30))
-  return gram / (d[:, None] * d[None, :])
+  """Pairwise cosines of the task gradients (:func:`mtlx.jacobian.cosines`)."""
+  return jacobian.cosines(gram)
 
 
-class Trainer(NamedTuple):
-  """What :func:`make_trainer` returns.
+class Step(NamedTuple):
+  """What :func:`make_step` returns.
 
   Attributes:
-    init: ``(params, example_batch, seed) -> TrainState``.
-    step: jitted ``(state, batch) -> (state, info)``, ``info`` a dict with
-      ``losses [K]``, ``weights [K]``, ``grad_norm`` and (stacked paths)
-      ``cosines [K, K]``.
-    eval_stats: jitted ``(params, batch) -> {task: {metric: sums}, '_loss': [K] sums,
-      '_count': B}`` (add over batches, then :func:`mtlx.metrics.finalize_metric`).
-    loss_fn: ``(params, batch) -> [K]``.
-    path: the step's path (``one_backward``, ``jacobian`` or ``representation``).
-    shardings: the :class:`mtlx.sharding.StepShardings` of a trainer built with
-      ``mesh=``, else None.
-    shard_state: ``TrainState -> TrainState`` placed on its shardings (identity
-      without a mesh); ``init`` already returns a placed state.
-    shard_batch: ``local batch -> global batch`` sharded over ``'data'``
-      (:func:`mtlx.sharding.global_batch`; identity without a mesh).
-    shard_eval_batch: the same for evaluation batches of any size
-      (:func:`mtlx.sharding.global_eval_batch`).
+    init: ``(params, example_batch, seed=0) -> TrainState`` (placed on the mesh).
+    step: jitted ``(state, batch) -> (state, info)``; ``info`` holds ``losses [K]``,
+      ``weights [K]``, ``weights_exact`` (bool), ``grad_norm`` and, except on
+      ``one_backward``, ``cosines [K, K]``.
+    engine: the engine used.
+    shardings: the :class:`mtlx.sharding.StepShardings` with ``mesh=``, else None.
+    shard_state / shard_batch / shard_eval_batch: place a state / a local batch
+      on the mesh (identities without one).
   """
   init: Callable
   step: Callable
-  eval_stats: Callable
-  loss_fn: Callable
-  path: str
+  engine: str
   shardings: Any = None
   shard_state: Callable = lambda state: state
   shard_batch: Callable = lambda batch: batch
   shard_eval_batch: Callable = lambda batch: batch
 
 
-def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: str = "ls",
-                 weighting: str = "none", optimizer: optax.GradientTransformation,
-                 rep_grad: bool = False, method_kwargs: dict | None = None,
-                 weighting_kwargs: dict | None = None,
-                 chunk_size: int | None = None, path: str | None = None,
-                 extra_batches: int = 0, mesh: Any = None, param_rule: str = "fsdp",
-                 shard_tasks: bool = True, min_size: int = 2 ** 10) -> Trainer:
-  """Builds the jitted train step and eval function of a multi-task model.
+class Representation(NamedTuple):
+  """The encoder/decoder split the ``representation`` engine needs.
+
+  ``params`` are then ``{'encoder': ..., 'decoder': ...}``; ``encode(enc_params,
+  batch) -> z`` and ``heads(dec_params, z, batch) -> losses[K]``.
+  """
+  encode: Callable
+  heads: Callable
+
+
+def make_step(loss_fn: Callable, *, loss_tx: Any = None,
+              grad_tx: optax.GradientTransformation,
+              optimizer: optax.GradientTransformation, engine: str = "auto",
+              params: Any = None, example_batch: Any = None,
+              representation: Representation | None = None,
+              chunk_size: int | None = None, extra_batches: int = 0,
+              mesh: Any = None, param_rule: str = "fsdp", shard_tasks: bool = True,
+              min_size: int = 2 ** 10, donate: bool = False,
+              label: str | None = None) -> Step:
+  """The jitted MTO train step ``(state, batch) -> (state, info)`` of any engine.
 
   Args:
-    fns: :class:`mtlx.models.ModelFns` of the model.
-    tasks: the TaskSpecs, in the order of the model's loss vector.
-    input_key: key of the model input in a batch.
-    params: example params (used to build states and pick the path).
-    method / weighting: gradient-space and loss-space names (``mtlx.registry``).
-    optimizer: any optax optimizer (applied after the MTO chain).
-    rep_grad: representation-level MTO (see the module docstring).
-    method_kwargs / weighting_kwargs: constructor arguments of the methods.
-    chunk_size: passed to ``mtlx.value_and_jacobian`` (K-row chunks).
-    path: force a path (``jacobian`` is valid for every chain, ``one_backward``
-      only where :func:`choose_path` allows it); ``None`` chooses.
+    loss_fn: ``(params, batch) -> losses[K]``.
+    loss_tx: the loss-space part: ``None``, one loss-space transform, or a list of
+      them (applied in order; the state is the tuple of their states). Weightings
+      (:class:`mtlx.LossWeighting`) serve every engine; other loss-space
+      transforms (DB-MTL) only ``jacobian``.
+    grad_tx: the gradient-space method (stacked grads -> one update).
+    optimizer: any optax optimizer (applied after the MTO part).
+    engine: ``'auto'`` or one of ``ENGINES`` (module docstring). With ``'auto'``
+      the choice is logged (``logging.info``) and in ``Step.engine``.
+    params: example params (for ``'auto'``, and the shardings with ``mesh``).
+    example_batch: an example batch (for ``'auto'`` to read the autogram plan).
+    representation: the encoder/decoder split, for the ``representation`` engine.
+    chunk_size: per-task grads ``chunk_size`` at a time (``jacobian``, ``representation``).
     extra_batches: 1 or 2 for methods that read the per-task grads of independent
-      mini-batches (MoDo, SDMGrad: ``task_grads_2``, ``task_grads_3``). Each batch
-      given to ``step`` then holds ``1 + extra_batches`` mini-batches stacked along
-      the batch axis; the first is the training batch, the others are passed as
-      ``task_grads_2`` / ``task_grads_3`` (one more Jacobian each). Jacobian path only.
-    mesh: a :func:`mtlx.sharding.make_mesh` mesh: the same step then runs jitted
-      with ``NamedSharding`` s (from :func:`mtlx.sharding.step_shardings`) on the
-      params, the optimizer, loss-space and gradient-space states (following the
-      params: :func:`mtlx.sharding.state_shardings`), the batch (over ``'data'``)
-      and the per-task grads (like the params, K over ``'task'`` with
-      ``shard_tasks``; on the representation path the grads w.r.t. ``z`` are left
-      to XLA's sharding propagation); losses, weights and metrics come out
-      replicated. ``None``: plain ``jax.jit`` on the default device.
-    param_rule / shard_tasks / min_size: see :func:`mtlx.sharding.step_shardings`
-      (used with ``mesh`` only).
+      mini-batches (MoDo, SDMGrad: ``task_grads_2``, ``task_grads_3``); each batch
+      then holds ``1 + extra_batches`` mini-batches stacked along the batch axis.
+      ``jacobian`` only.
+    mesh: a :func:`mtlx.sharding.make_mesh` mesh: the step then runs with
+      ``NamedSharding`` s (:func:`mtlx.sharding.step_shardings`) on the params,
+      states, batch (over ``'data'``) and per-task grads; losses, weights and
+      metrics come out replicated. ``None``: plain ``jax.jit``.
+    param_rule / shard_tasks / min_size: see :func:`mtlx.sharding.step_shardings`.
+    donate: donate the state's buffers to the step.
+    label: the methods' names for messages and the log (e.g. ``"dwa+upgrad"``).
 
   Raises:
-    ValueError: for unknown method names (listing the valid ones), a weighting
-      that reads gradients combined with ``rep_grad``, an unknown ``param_rule``,
-      or ``shard_tasks`` with a task axis that does not divide K.
+    ValueError: before anything is built, for an engine that cannot serve the
+      methods (saying why and which engines can), a bad ``extra_batches``, an
+      unknown ``param_rule`` or a task axis that does not divide K.
   """
-  k = len(tasks)
   if extra_batches not in (0, 1, 2):
     raise ValueError(f"extra_batches={extra_batches}; expected 0, 1 or 2.")
+  loss_txs = _loss_list(loss_tx)
+  kw = dict(extra_batches=extra_batches, representation=representation is not None)
+  if engine == "auto":
+    engine = choose_engine(loss_txs, grad_tx, loss_fn=loss_fn, params=params,
+                           example_batch=example_batch, **kw)
+    logging.info("engine='auto' chose %r for %s", engine,
+                 label or "+".join([_name(t) for t in loss_txs] + [_name(grad_tx)]))
+  check_engine(engine, loss_txs, grad_tx, label=label, **kw)
   n_parts = 1 + extra_batches
-  if weighting == "gradnorm" and "mask" not in (weighting_kwargs or {}):
-    # GradNorm's norms are taken over shared parameters (Chen et al. use the last shared
-    # layer); the model's split tells which those are: the encoder.
-    weighting_kwargs = dict(weighting_kwargs or {}, mask=shared_params_mask(params))
-  loss_tx, grad_tx = build_mto(method, weighting, k, method_kwargs=method_kwargs,
-                               weighting_kwargs=weighting_kwargs)
-  auto = choose_path(method, loss_tx, params, k, rep_grad=rep_grad,
-                     method_kwargs=method_kwargs)
-  if path is None:
-    path = auto
-  elif path not in PATHS:
-    raise ValueError(f"path={path!r}; expected None or one of {list(PATHS)}.")
-  elif path != auto and path != "jacobian":
-    raise ValueError(f"path={path!r} is not valid for method={method!r}, weighting="
-                     f"{weighting!r}, rep_grad={rep_grad}; expected 'jacobian' or {auto!r}.")
-  if extra_batches and path != "jacobian":
-    if path == "one_backward":
-      path = "jacobian"  # the extra batches' grads only exist on the stacked path
-    else:
-      raise ValueError(f"extra_batches={extra_batches} needs the Jacobian path; got "
-                       f"rep_grad={rep_grad}. Expected rep_grad=False.")
-
+  weighting = isinstance(grad_tx, GramianWeighting) and not isinstance(
+      grad_tx, CrossGramianWeighting)
   sh = None
   if mesh is not None:
     sh = sharding_lib.step_shardings(params, mesh, param_rule=param_rule,
                                      shard_tasks=shard_tasks, min_size=min_size)
-    sh.check_num_tasks(k)
 
   def constrain(tree, shardings):
     return tree if sh is None else jax.lax.with_sharding_constraint(tree, shardings)
@@ -320,17 +381,17 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
     stacked = jax.tree_util.tree_map(split, batch)
     return [jax.tree_util.tree_map(lambda a, i=i: a[i], stacked) for i in range(n_parts)]
 
-  def loss_fn(p, batch):
-    return losses_lib.task_losses(tasks, fns.apply(p, batch[input_key]), batch)
+  def shard_state(state: TrainState) -> TrainState:
+    if sh is None:
+      return state
+    return sharding_lib.shard_state(state, sh.state(state, state.params))
 
-  def heads_fn(dec_params, z, batch):
-    return losses_lib.task_losses(tasks, fns.decode(dec_params, z, batch[input_key]), batch)
-
-  def init(p, example_batch, seed: int = 0) -> TrainState:
-    example_batch = parts(example_batch)[0]
-    loss_state = loss_tx.init(p) if loss_tx is not None else optax.EmptyState()
-    if path == "representation":
-      z = jax.eval_shape(fns.encode, p["encoder"], example_batch[input_key])
+  def init(p, example, seed: int = 0) -> TrainState:
+    if sh is not None:
+      sh.check_num_tasks(int(jax.eval_shape(loss_fn, p, parts(example)[0]).shape[0]))
+    loss_state = tuple(t.init(p) for t in loss_txs)
+    if engine == "representation":
+      z = jax.eval_shape(representation.encode, p["encoder"], parts(example)[0])
       grad_state = grad_tx.init(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), z))
     else:
       grad_state = grad_tx.init(p)
@@ -338,17 +399,38 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                        optimizer.init(p), jax.random.PRNGKey(seed))
     return shard_state(state)
 
-  def shard_state(state: TrainState) -> TrainState:
-    if sh is None:
-      return state
-    return sharding_lib.shard_state(state, sh.state(state, state.params))
+  def loss_weights(loss_state, losses):
+    """Product of the loss weightings' weights (from the losses alone)."""
+    losses = jax.lax.stop_gradient(losses)
+    w, new = jnp.ones_like(losses), []
+    for t, s in zip(loss_txs, loss_state):
+      wi, s = t.weights(s, losses)
+      w = w * wi.astype(w.dtype)
+      new.append(s)
+    return w, tuple(new)
 
-  def loss_weights(state, losses):
-    if loss_tx is None:
-      return jnp.ones_like(losses), state.loss_state
-    w, new = weighting_lib.loss_weights(loss_tx, state.loss_state,
-                                        jax.lax.stop_gradient(losses))
-    return w.astype(losses.dtype), new
+  def loss_space(loss_state, losses, rows):
+    """The loss-space chain on stacked rows: ``(rows, weights or None, state)``."""
+    w, new = jnp.ones_like(losses), []
+    for t, s in zip(loss_txs, loss_state):
+      if isinstance(t, LossWeighting) and w is not None:
+        wi, s = t.weights(s, losses, rows if t.reads_grads else None)
+        rows = scale_rows(wi, rows)
+        w = w * wi.astype(w.dtype)
+      else:
+        rows, s = t.update(rows, s, None, task_losses=losses)
+        w = None
+      new.append(s)
+    return rows, w, tuple(new)
+
+  def gradient_space(grad_state, rows, losses, p, extra):
+    """``(direction, weights or None, state)`` of the gradient-space method."""
+    if weighting:
+      u, grad_state = grad_tx.weights(jacobian.gramian(rows), grad_state,
+                                      task_losses=losses, **extra)
+      return jacobian.combine(u, rows), u, grad_state
+    d, grad_state = grad_tx.update(rows, grad_state, p, task_losses=losses, **extra)
+    return d, None, grad_state
 
   def step(state: TrainState, batch):
     state = constrain_state(state)
@@ -357,48 +439,162 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
     batch, *others = parts(batch)
     p = state.params
     info = {}
-    grad_state = state.grad_state
-    if path == "one_backward":
+    if engine == "one_backward":
       losses, vjp = jax.vjp(lambda q: loss_fn(q, batch), p)
-      w, loss_state = loss_weights(state, losses)
+      v, loss_state = loss_weights(state.loss_state, losses)
+      k = losses.shape[0]
+      u, grad_state = grad_tx.weights(jnp.zeros((k, k), v.dtype), state.grad_state,
+                                      task_losses=losses)
+      w = (v * u.astype(v.dtype)).astype(losses.dtype)
       grads = vjp(w)[0]
-      info["weights"] = w
-    elif path == "jacobian":
-      losses, tg = jacobian.value_and_jacobian(loss_fn, chunk_size=chunk_size)(p, batch)
-      if sh is not None:
-        tg = constrain(tg, sh.task_grads)
-      gram = jacobian.gramian(tg)
-      scaled, loss_state = tg, state.loss_state
-      if loss_tx is not None:
-        scaled, loss_state = loss_tx.update(tg, loss_state, p, task_losses=losses)
+      exact = True
+    elif engine == "gramian":
+      losses, gram = autogram.value_and_gramian(loss_fn)(p, batch)
+      gram = replicate(gram)
+      v, loss_state = loss_weights(state.loss_state, losses)
+      vv = v.astype(gram.dtype)
+      u, grad_state = grad_tx.weights(gram * vv[:, None] * vv[None, :], state.grad_state,
+                                      task_losses=losses)
+      w = v * u.astype(v.dtype)
+      grads = autogram.weighted_grad(loss_fn)(p, w, batch)
+      info["cosines"] = jacobian.cosines(gram)
+      exact = True
+    elif engine == "jacobian":
+      vjac = jacobian.value_and_jacobian(loss_fn, chunk_size=chunk_size)
+      losses, tg = vjac(p, batch)
+      tg = constrain(tg, sh.task_grads) if sh is not None else tg
       extra = {}
       for i, other in enumerate(others):
-        tg_i = jacobian.value_and_jacobian(loss_fn, chunk_size=chunk_size)(p, other)[1]
+        tg_i = vjac(p, other)[1]
         extra[f"task_grads_{i + 2}"] = tg_i if sh is None else constrain(tg_i, sh.task_grads)
-      grads, grad_state = grad_tx.update(scaled, grad_state, p, task_losses=losses, **extra)
-      info["weights"] = span_weights(gram, tg, grads)
-      info["cosines"] = cosine_matrix(gram)
+      rows, v, loss_state = loss_space(state.loss_state, losses, tg)
+      grads, u, grad_state = gradient_space(state.grad_state, rows, losses, p, extra)
+      gram = jacobian.gramian(tg)
+      exact = v is not None and u is not None
+      w = v * u.astype(v.dtype) if exact else span_weights(gram, tg, grads)
+      info["cosines"] = jacobian.cosines(gram)
     else:
       rj = jacobian.value_and_representation_jacobian(
-          fns.encode, heads_fn, chunk_size=chunk_size)(p["encoder"], p["decoder"],
-                                                        batch[input_key], batch)
+          representation.encode, representation.heads, chunk_size=chunk_size)(
+              p["encoder"], p["decoder"], batch, batch)
       losses = rj.losses
-      w, loss_state = loss_weights(state, losses)
+      v, loss_state = loss_weights(state.loss_state, losses)
+      rows = scale_rows(v, rj.rep_grads)
+      d_z, u, grad_state = gradient_space(state.grad_state, rows, losses, None, {})
+      grads = {"encoder": rj.encoder_vjp(d_z), "decoder": rj.heads_vjp(v.astype(losses.dtype))}
       gram = jacobian.gramian(rj.rep_grads)
-      scaled = weighting_lib.base.scale_rows(w, rj.rep_grads)
-      d_z, grad_state = grad_tx.update(scaled, grad_state, None, task_losses=losses)
-      grads = {"encoder": rj.encoder_vjp(d_z), "decoder": rj.heads_vjp(w)}
-      info["weights"] = span_weights(gram, rj.rep_grads, d_z)
-      info["cosines"] = cosine_matrix(gram)
+      exact = u is not None
+      w = v * u.astype(v.dtype) if exact else span_weights(gram, rj.rep_grads, d_z)
+      info["cosines"] = jacobian.cosines(gram)
     if sh is not None:
       grads = constrain(grads, sh.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, p)
     new_params = optax.apply_updates(p, updates)
     info["losses"] = losses
+    info["weights"] = w
+    info["weights_exact"] = jnp.asarray(exact)
     info["grad_norm"] = optax.global_norm(grads)
     rng = jax.random.split(state.rng)[0]
     new = TrainState(state.step + 1, new_params, loss_state, grad_state, opt_state, rng)
     return constrain_state(new), replicate(info)
+
+  jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+  if sh is None:
+    return Step(init, jitted, engine)
+  return Step(init, jitted, engine, sh, shard_state,
+              lambda batch: sharding_lib.global_batch(batch, mesh),
+              lambda batch: sharding_lib.global_eval_batch(batch, mesh))
+
+
+class Trainer(NamedTuple):
+  """What :func:`make_trainer` returns: the :class:`Step` of the model plus evaluation.
+
+  Attributes:
+    init: ``(params, example_batch, seed) -> TrainState``.
+    step: jitted ``(state, batch) -> (state, info)`` (:class:`Step`).
+    eval_stats: jitted ``(params, batch) -> {task: {metric: sums}, '_loss': [K] sums,
+      '_count': B}`` (add over batches, then :func:`mtlx.metrics.finalize_metric`).
+    loss_fn: ``(params, batch) -> [K]``.
+    engine: the step's engine (``one_backward``, ``gramian``, ``jacobian``,
+      ``representation``).
+    shardings / shard_state / shard_batch / shard_eval_batch: as in :class:`Step`.
+  """
+  init: Callable
+  step: Callable
+  eval_stats: Callable
+  loss_fn: Callable
+  engine: str
+  shardings: Any = None
+  shard_state: Callable = lambda state: state
+  shard_batch: Callable = lambda batch: batch
+  shard_eval_batch: Callable = lambda batch: batch
+
+  @property
+  def path(self) -> str:
+    """The old name of :attr:`engine`."""
+    return self.engine
+
+
+def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: str = "ls",
+                 weighting: str = "none", optimizer: optax.GradientTransformation,
+                 engine: str = "auto", rep_grad: bool = False,
+                 method_kwargs: dict | None = None, weighting_kwargs: dict | None = None,
+                 example_batch: Any = None, chunk_size: int | None = None,
+                 path: str | None = None, extra_batches: int = 0, mesh: Any = None,
+                 param_rule: str = "fsdp", shard_tasks: bool = True,
+                 min_size: int = 2 ** 10) -> Trainer:
+  """The jitted train step (:func:`make_step`) and eval function of a multi-task model.
+
+  Args:
+    fns: :class:`mtlx.models.ModelFns` of the model.
+    tasks: the TaskSpecs, in the order of the model's loss vector.
+    input_key: key of the model input in a batch.
+    params: example params.
+    method / weighting: gradient-space and loss-space names (``mtlx.registry``);
+      ``weighting`` may join several with ``+`` (``"dwa+famo"``).
+    optimizer: any optax optimizer (applied after the MTO chain).
+    engine: ``'auto'`` or one of :data:`ENGINES`; ``rep_grad=True`` is a spelling
+      of ``engine='representation'`` (``path=`` the old name of ``engine``).
+    method_kwargs / weighting_kwargs: constructor arguments of the methods
+      (unknown keys: ``ValueError`` naming them and the accepted ones).
+    example_batch: a batch, for ``engine='auto'`` to read the model's autogram plan.
+    chunk_size, extra_batches, mesh, param_rule, shard_tasks, min_size: see
+      :func:`make_step`.
+
+  Raises:
+    ValueError: for unknown names or keyword arguments, or an engine that cannot
+      serve the methods (saying why and which engines can), before anything is built.
+  """
+  engine = path or engine
+  if rep_grad:
+    if engine not in ("auto", "representation"):
+      raise ValueError(f"rep_grad=True is engine='representation'; got engine={engine!r}.")
+    engine = "representation"
+  k = len(tasks)
+  if "gradnorm" in str(weighting).split("+") and "mask" not in (weighting_kwargs or {}):
+    # GradNorm's norms are taken over shared parameters (Chen et al. use the last shared
+    # layer); the model's split tells which those are: the encoder.
+    weighting_kwargs = dict(weighting_kwargs or {}, mask=shared_params_mask(params))
+  loss_tx, grad_tx = build_mto(method, weighting, k, method_kwargs=method_kwargs,
+                               weighting_kwargs=weighting_kwargs)
+
+  def loss_fn(p, batch):
+    return losses_lib.task_losses(tasks, fns.apply(p, batch[input_key]), batch)
+
+  def heads_fn(dec_params, z, batch):
+    return losses_lib.task_losses(tasks, fns.decode(dec_params, z, batch[input_key]), batch)
+
+  rep = Representation(lambda enc, batch: fns.encode(enc, batch[input_key]), heads_fn)
+  st = make_step(loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optimizer,
+                 engine=engine, params=params, example_batch=example_batch,
+                 representation=rep, chunk_size=chunk_size, extra_batches=extra_batches,
+                 mesh=mesh, param_rule=param_rule, shard_tasks=shard_tasks,
+                 min_size=min_size, label=f"weighting={weighting!r}, method={method!r}")
+  if st.shardings is not None:
+    st.shardings.check_num_tasks(k)
+  replicate = (lambda t: t) if st.shardings is None else (
+      lambda t: jax.lax.with_sharding_constraint(
+          t, jax.tree_util.tree_map(lambda _: st.shardings.replicated(), t)))
 
   def eval_stats(p, batch):
     out = fns.apply(p, batch[input_key])
@@ -415,11 +611,8 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
   for t in tasks:  # unknown metric names fail here, before training
     for m in t.metrics:
       metrics_lib.check_metric(m, t.kind)
-  if sh is None:
-    return Trainer(init, jax.jit(step), jax.jit(eval_stats), loss_fn, path)
-  return Trainer(init, jax.jit(step), jax.jit(eval_stats), loss_fn, path, sh, shard_state,
-                 lambda batch: sharding_lib.global_batch(batch, mesh),
-                 lambda batch: sharding_lib.global_eval_batch(batch, mesh))
+  return Trainer(st.init, st.step, jax.jit(eval_stats), loss_fn, st.engine, st.shardings,
+                 st.shard_state, st.shard_batch, st.shard_eval_batch)
 
 
 def finalize_eval(tasks: Sequence[Any], sums: dict) -> dict:

@@ -8,9 +8,10 @@ prints one JSON line ``RESULTS {...}`` with the numbers the test asserts on:
 * ``equivalence``: 20 train steps of every method in ``METHOD_SPECS`` / ``CUSTOM``
   on meshes (data, model, task) = 1×1×1, 8×1×1, 4×2×1, 2×2×2 against one device
   without a mesh: max relative difference of the params;
-* ``autogram``: the same for the autogram step (``value_and_gramian`` + one VJP) on 4×2×1;
+* ``autogram``: the same for the Gramian engine of ``mtlx.train.make_step``
+  (``value_and_gramian`` + one VJP) on 4×2×1;
 * ``hlo``: all-gathers in the compiled FSDP step of a Gramian method (Jacobian and
-  autogram modes), of linear scalarization, and of a deliberately gathering control;
+  Gramian engines), of linear scalarization, and of a deliberately gathering control;
 * ``checkpoint``: a train state written on 4×2 restored on 1 device and on 2×4,
   5 more steps on each against 5 more steps on 4×2;
 * ``trainer``: ``experiments.train.train_and_evaluate`` on a tiny multi_digits
@@ -37,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import json  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -142,6 +144,45 @@ def max_rel(a, b):
   return worst
 
 
+class ShardedStep(NamedTuple):
+  """``mtlx.train.make_step`` on a mesh, seen as ``(params, state, batch) -> (params,
+  state, losses)`` (``state`` = the gradient-space and optimizer states)."""
+  step: Any
+  init: Any
+  shard_batch: Any
+  param_shardings: Any
+  state_shardings: Any
+
+
+def make_sharded_step(tx, mesh, params, *, param_rule, shard_tasks=False, min_size=64,
+                      engine="jacobian", optimizer=None):
+  """The trainer's step on ``mesh``: ``engine='jacobian'`` with ``tx`` the full chain
+  (optimizer included), or ``engine='gramian'`` with ``tx`` the Gramian method and
+  ``optimizer`` the optimizer."""
+  opt = optax.identity() if optimizer is None else optimizer
+  st = mtlx.train.make_step(loss_fn, grad_tx=tx, optimizer=opt, engine=engine,
+                            params=params, mesh=mesh, param_rule=param_rule,
+                            shard_tasks=shard_tasks, min_size=min_size)
+  example = batches(1)[0]
+
+  def train_state(p, s):
+    return mtlx.train.TrainState(jnp.zeros((), jnp.int32), p, (), s[0], s[1],
+                                 jax.random.PRNGKey(0))
+
+  @jax.jit
+  def step(p, s, b):
+    ts, info = st.step(train_state(p, s), b)
+    return ts.params, (ts.grad_state, ts.opt_state), info["losses"]
+
+  def init(p):
+    ts = st.init(jax.tree.map(jnp.copy, p), example)
+    return ts.params, (ts.grad_state, ts.opt_state)
+
+  abstract = jax.eval_shape(lambda p: (tx.init(p), opt.init(p)), params)
+  return ShardedStep(step, init, st.shard_batch, st.shardings.params,
+                     st.shardings.state(abstract, params))
+
+
 def mesh_of(shape):
   n = int(np.prod(shape))
   return sharding.make_mesh(*shape, devices=jax.devices()[:n])
@@ -150,8 +191,8 @@ def mesh_of(shape):
 def run_mesh(tx, shape, params, data, **kw):
   mesh = mesh_of(shape)
   rule = "fsdp" if shape[1] > 1 else "replicated"
-  st = sharding.make_sharded_step(loss_fn, tx, mesh, params, param_rule=rule,
-                                  shard_tasks=shape[2] > 1, min_size=64, **kw)
+  st = make_sharded_step(tx, mesh, params, param_rule=rule,
+                         shard_tasks=shape[2] > 1, min_size=64, **kw)
   p, s = st.init(params)
   for b in data:
     p, s, _ = st.step(p, s, st.shard_batch(b))
@@ -174,7 +215,7 @@ def check_equivalence(params, data):
 def check_autogram(params, data):
   name = "gramian_ema"
   ref = reference_run(optax.chain(build(name), optimizer()), params, data)
-  p, _ = run_mesh(build(name), (4, 2, 1), params, data, mode="autogram",
+  p, _ = run_mesh(build(name), (4, 2, 1), params, data, engine="gramian",
                   optimizer=optimizer())
   return {"max_rel": max_rel(p, ref)}
 
@@ -206,8 +247,7 @@ def check_hlo(params, data):
   res = {}
   for name in ["ls", "gramian_ema"]:
     tx = optax.chain(build(name), optimizer())
-    st = sharding.make_sharded_step(loss_fn, tx, mesh, params, param_rule="fsdp",
-                                    min_size=64)
+    st = make_sharded_step(tx, mesh, params, param_rule="fsdp", min_size=64)
     p, s = st.init(params)
     text = st.step.lower(p, s, st.shard_batch(data[0])).compile().as_text()
     reduces = re.findall(r"=\s*\(?([^=]*?)\)?\s*all-reduce(?:-start)?\(", text)
@@ -216,9 +256,8 @@ def check_hlo(params, data):
         "kk_all_reduce": any(f"[{K},{K}]" in r for r in reduces),
     }
   # The autogram step (value_and_gramian + one VJP) on the same FSDP mesh.
-  st = sharding.make_sharded_step(loss_fn, build("gramian_ema"), mesh, params,
-                                  param_rule="fsdp", min_size=64, mode="autogram",
-                                  optimizer=optimizer())
+  st = make_sharded_step(build("gramian_ema"), mesh, params, param_rule="fsdp",
+                         min_size=64, engine="gramian", optimizer=optimizer())
   p, s = st.init(params)
   text = st.step.lower(p, s, st.shard_batch(data[0])).compile().as_text()
   res["autogram"] = {"all_gathers": [list(g[1]) for g in all_gathers(text)]}
@@ -233,8 +272,8 @@ def check_hlo(params, data):
       return inner.update(tg, state, params, **extra)
     return optax.GradientTransformationExtraArgs(inner.init, update)
 
-  st = sharding.make_sharded_step(loss_fn, optax.chain(gathering_tx(), optimizer()), mesh,
-                                  params, param_rule="fsdp", min_size=64)
+  st = make_sharded_step(optax.chain(gathering_tx(), optimizer()), mesh, params,
+                         param_rule="fsdp", min_size=64)
   p, s = st.init(params)
   text = st.step.lower(p, s, st.shard_batch(data[0])).compile().as_text()
   res["negative_control"] = {"all_gathers": [list(g[1]) for g in all_gathers(text)]}
@@ -248,8 +287,7 @@ def check_checkpoint(params, data):
   first, rest = data[:5], data[5:10]
   mesh42 = mesh_of((4, 2, 1))
   tx = optax.chain(build(name), optimizer())
-  st42 = sharding.make_sharded_step(loss_fn, tx, mesh42, params, param_rule="fsdp",
-                                    min_size=64)
+  st42 = make_sharded_step(tx, mesh42, params, param_rule="fsdp", min_size=64)
   p, s = st42.init(params)
   for b in first:
     p, s, _ = st42.step(p, s, st42.shard_batch(b))
@@ -257,7 +295,8 @@ def check_checkpoint(params, data):
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "ckpt")
     sharding.save_checkpoint(path, {"params": p, "opt_state": s})
-    like = {"params": params, "opt_state": jax.eval_shape(tx.init, params)}
+    like = {"params": params, "opt_state": jax.eval_shape(
+        lambda q: (tx.init(q), optax.identity().init(q)), params)}
     saved = jax.tree.map(np.asarray, {"params": p, "opt_state": s})
     # Continue on 4x2 (the reference; the step donates p and s).
     pc, sc = p, s
@@ -265,9 +304,9 @@ def check_checkpoint(params, data):
       pc, sc, _ = st42.step(pc, sc, st42.shard_batch(b))
     for shape in [(1, 1, 1), (2, 4, 1)]:
       mesh = mesh_of(shape)
-      stn = sharding.make_sharded_step(loss_fn, tx, mesh, params,
-                                       param_rule="fsdp" if shape[1] > 1 else "replicated",
-                                       min_size=64)
+      stn = make_sharded_step(tx, mesh, params,
+                              param_rule="fsdp" if shape[1] > 1 else "replicated",
+                              min_size=64)
       restored = sharding.restore_checkpoint(
           path, like, {"params": stn.param_shardings, "opt_state": stn.state_shardings})
       rp, rs = restored["params"], restored["opt_state"]

@@ -46,7 +46,7 @@ def test_gramian_weighting_wraps_a_pure_function_and_checks_k():
   def inverse_norm(gramian, *, task_losses):
     return task_losses / jnp.sqrt(jnp.diag(gramian))
 
-  tx = mtlx.gramian_weighting(inverse_norm, num_tasks=3)
+  tx = mtlx.gramian_weighting(inverse_norm, num_tasks=3, extras=("task_losses",))
   losses = jnp.array([1.0, 2.0, 3.0])
   out, _ = jax.jit(tx.update)(tg, tx.init(None), task_losses=losses)
   w = np.array([1.0, 2.0, 3.0]) / np.linalg.norm(jac, axis=1)
