@@ -6,9 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtlx import jacobian
-from mtlx import validation
-from mtlx.aggregators._extras import stateless
+from mtlx.aggregators._extras import fixed_weighting
 
 
 def mean_weights(gramian: jax.Array) -> jax.Array:
@@ -23,17 +21,14 @@ def mean() -> optax.GradientTransformationExtraArgs:
   Linear scalarization with uniform weights ``1/K``; the baseline of the
   benchmark. Properties: linear under scaling, permutation-invariant, K=1 gives
   back ``g_1``; non-conflicting only when the gradients do not conflict;
-  non-finite rows propagate. No hyperparameters, no state. The weights follow
-  the dtype of the task grads (float32 or wider: float64 grads get float64
-  ``1/K``, so a mean of equal rows is exact under ``jax_enable_x64``).
+  non-finite rows propagate. No hyperparameters, no state. The weights are in the
+  default float dtype (float64 under ``jax_enable_x64``, so a mean of equal
+  float64 rows is exact) and the update keeps each leaf's dtype.
 
   Cost: ``K P`` multiply-adds (no Gramian is formed); equals one backward pass of
   the mean loss when nothing else needs the per-task grads.
   """
 
-  def aggregate(task_grads):
-    k = validation.num_tasks(task_grads)
-    dtype = jnp.result_type(jnp.float32, *jax.tree_util.tree_leaves(task_grads))
-    return jacobian.combine(jnp.full((k,), 1.0 / k, dtype), task_grads)
-
-  return stateless(aggregate)
+  # 1/K in the default float dtype (float64 under x64); mtlx.combine accumulates in
+  # the wider of it and each leaf's dtype and casts back to the leaf's dtype.
+  return fixed_weighting(lambda k: jnp.full((k,), 1.0 / k), name="mean")
