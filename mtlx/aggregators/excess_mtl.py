@@ -100,4 +100,5 @@ def excess_mtl(step_size: float = 1e-2, *, num_tasks: int | None = None,
                          log_w.astype(state.log_weights.dtype))
     return update, new
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, validation.guarded_update(update_fn, "excess_mtl"))

@@ -102,4 +102,5 @@ def graddrop(leak: Any = 0.0, seed: int = 0) -> optax.GradientTransformationExtr
       out.append(graddrop_leaf(g, u, lk).astype(g.dtype))
     return jax.tree_util.tree_unflatten(treedef, out), GradDropState(key)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, validation.guarded_update(update_fn, "graddrop"))

@@ -138,4 +138,5 @@ def gradvac(beta: float = 0.5, *, num_tasks: int, granularity: str = "whole",
     return (jax.tree_util.tree_unflatten(treedef, out),
             GradVacState(targets.astype(state.targets.dtype), key))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, validation.guarded_update(update_fn, "gradvac"))

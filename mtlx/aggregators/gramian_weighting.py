@@ -51,7 +51,7 @@ def _matrix_weighting(weighting, matrix_of, init, num_tasks, label):
                        f"expected shape ({k},).")
     return jacobian.combine(weights, direction), state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, validation.guarded_update(update_fn, label))
 
 
 def gramian_weighting(

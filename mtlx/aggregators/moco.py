@@ -83,4 +83,5 @@ def moco(beta: float = 0.5, gamma: float = 0.1, rho: float = 0.0, *,
     update = jax.tree_util.tree_map(lambda u, g: u.astype(g.dtype), update, task_grads)
     return update, MoCoState(state.count + 1, y, lam.astype(state.weights.dtype))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, validation.guarded_update(update_fn, "moco"))

@@ -92,24 +92,6 @@ def scale_rows(weights: jax.Array, task_grads: PyTree) -> PyTree:
   return jax.tree_util.tree_map(leaf, task_grads)
 
 
-def guard_non_finite(weights: jax.Array, new_state: Any, state: Any,
-                     task_losses: jax.Array) -> tuple[jax.Array, Any]:
-  """Non-finite losses: non-finite weights out, the state left as it was.
-
-  A non-finite ``L_k`` makes ``w_k`` non-finite even for methods whose weights
-  do not read the current losses (DWA), so the update is non-finite and an
-  ``optax.apply_if_finite`` after the aggregator skips it; the state is not
-  advanced, so the skipped step leaves no trace (no NaN stored in it). An exact
-  no-op for finite losses.
-  """
-  weights = weights + jnp.zeros_like(weights) * task_losses.astype(weights.dtype)
-  finite = jnp.all(jnp.isfinite(task_losses))
-  new_state = jax.tree_util.tree_map(
-      lambda new, old: jnp.where(finite, new, old).astype(jnp.asarray(old).dtype),
-      new_state, state)
-  return weights, new_state
-
-
 def loss_space_weighting(
     weight_fn: Callable[..., Any], *,
     init_fn: Callable[[int | None], Any] | None = None,
@@ -134,7 +116,8 @@ def loss_space_weighting(
     An ``optax.GradientTransformationExtraArgs`` whose ``update(task_grads, state,
     params=None, *, task_losses, **extra)`` returns the re-weighted stacked grads
     (same structure and dtypes) and the new state. Non-finite losses give
-    non-finite weights and leave the state unchanged (:func:`guard_non_finite`).
+    non-finite weights and leave the state unchanged; so do non-finite grads
+    (:func:`mtlx.validation.guard_step`).
 
   Cost: ``K P`` multiplies on top of ``weight_fn`` (O(K) for loss-only methods).
   """
@@ -156,10 +139,9 @@ def loss_space_weighting(
     if jnp.shape(weights) != (k,):
       raise ValueError(f"{name} produced weights of shape {jnp.shape(weights)}; "
                        f"expected shape ({k},).")
-    weights, new_state = guard_non_finite(weights, new_state, state, task_losses)
     return scale_rows(weights, task_grads), new_state
 
-  return optax.GradientTransformationExtraArgs(init, update)
+  return optax.GradientTransformationExtraArgs(init, validation.guarded_update(update, name))
 
 
 def loss_weights(tx: optax.GradientTransformation, state: Any,

@@ -94,7 +94,6 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
     alphas = jnp.max(norms) / (norms + eps)
     out = base.scale_rows(alphas, buffer)
     out = jax.tree_util.tree_map(lambda o, g: o.astype(g.dtype), out, task_grads)
-    _, new_state = base.guard_non_finite(inv, DBMTLState(count, buffer), state, task_losses)
-    return out, new_state
+    return out, DBMTLState(count, buffer)
 
-  return optax.GradientTransformationExtraArgs(init, update)
+  return optax.GradientTransformationExtraArgs(init, validation.guarded_update(update, name))
