@@ -94,3 +94,39 @@ def test_non_finite_step_leaves_no_trace(kind, name):
     for a, b in zip(jax.tree_util.tree_leaves(clean), jax.tree_util.tree_leaves(skipped)):
       assert np.all(np.isfinite(np.asarray(b))), (name, bad, b)
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-14)
+
+
+# --- Item 6: shapes of task grads against params, array-like weights ------------------
+
+BUILDERS = {
+    "upgrad": lambda: mtlx.upgrad(), "mgda": lambda: mtlx.mgda(),
+    "excess_mtl": lambda: mtlx.excess_mtl(num_tasks=K), "moco": lambda: mtlx.moco(num_tasks=K),
+    "db_mtl": lambda: mtlx.db_mtl(num_tasks=K), "graddrop": lambda: mtlx.graddrop(),
+    "dwa": lambda: mtlx.dwa(num_tasks=K), "mean": lambda: mtlx.mean(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_task_grad_shape_checked_against_params(name):
+  tx = BUILDERS[name]()
+  params = {"a": jnp.zeros((3,)), "b": jnp.zeros((2, 2))}
+  state = tx.init(params)
+  bad = {"a": jnp.ones((K, 3)), "b": jnp.ones((K, 1, 2))}
+  with pytest.raises(ValueError, match=r"task_grads\['b'\] has shape \(4, 1, 2\); expected "
+                     r"\(K,\) \+ params\['b'\]\.shape = \(4, 2, 2\)"):
+    jax.eval_shape(lambda g, s: tx.update(g, s, params, task_losses=jnp.ones(K)), bad, state)
+
+
+def test_combine_accepts_array_like_weights():
+  tg = {"a": jnp.arange(8.0).reshape(4, 2)}
+  out = mtlx.combine([1, 1, 1, 1], tg)
+  np.testing.assert_allclose(out["a"], [12.0, 16.0])
+  np.testing.assert_allclose(mtlx.combine(np.ones(4), tg)["a"], [12.0, 16.0])
+  with pytest.raises(ValueError, match="weights has shape"):
+    mtlx.combine([1, 1], tg)
+
+
+def test_normalized_accuracy_length_mismatch():
+  np.testing.assert_allclose(mtlx.merging.normalized_accuracy([0.5, 0.9], [1.0, 0.9]), [0.5, 1])
+  with pytest.raises(ValueError, match=r"shape \(3,\).*shape \(2,\)"):
+    mtlx.merging.normalized_accuracy([0.5, 0.6, 0.7], [1.0, 1.0])

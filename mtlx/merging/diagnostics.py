@@ -75,5 +75,13 @@ def normalized_accuracy(merged_accuracy: Any, finetuned_accuracy: Any) -> jax.Ar
 
   The metric of the TIES, TALL-masks and AdaMerging papers (average it over
   tasks for one number). Arrays of shape ``[K]``; 1 means no loss from merging.
+
+  Raises:
+    ValueError: if the two are not 1-D vectors of the same length K.
   """
-  return jnp.asarray(merged_accuracy) / jnp.asarray(finetuned_accuracy)
+  merged, finetuned = jnp.asarray(merged_accuracy), jnp.asarray(finetuned_accuracy)
+  if merged.ndim != 1 or merged.shape != finetuned.shape:
+    raise ValueError(f"normalized_accuracy: merged_accuracy has shape {merged.shape} and "
+                     f"finetuned_accuracy has shape {finetuned.shape}; expected two [K] "
+                     "vectors of the same length (one accuracy per task).")
+  return merged / finetuned
