@@ -1,6 +1,8 @@
 """Reliability (issue 15): bad steps never poison state, bad settings and shapes fail
 early with one clear ValueError, finite-but-awkward losses never give NaN."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +132,62 @@ def test_normalized_accuracy_length_mismatch():
   np.testing.assert_allclose(mtlx.merging.normalized_accuracy([0.5, 0.9], [1.0, 0.9]), [0.5, 1])
   with pytest.raises(ValueError, match=r"shape \(3,\).*shape \(2,\)"):
     mtlx.merging.normalized_accuracy([0.5, 0.6, 0.7], [1.0, 1.0])
+
+
+# --- Item 9: every constructor validates its hyperparameters ---------------------------
+
+BAD_SETTINGS = [
+    ("dwa", lambda: mtlx.dwa(temperature=0, num_tasks=2), "temperature=0"),
+    ("fairgrad", lambda: mtlx.fairgrad(max_weight=0, num_tasks=2), "max_weight=0"),
+    ("sdmgrad", lambda: mtlx.sdmgrad(lam=-1, num_tasks=2), "lam=-1"),
+    ("mgda", lambda: mtlx.mgda(num_iters=-5), "num_iters=-5"),
+    ("upgrad", lambda: mtlx.upgrad(num_iters=0), "num_iters=0"),
+    ("dualproj", lambda: mtlx.dualproj(num_iters=2.5), "num_iters=2.5"),
+    ("pcd", lambda: mtlx.pcd(max_iters=0), "max_iters=0"),
+    ("pcd", lambda: mtlx.pcd(epsilon=-1), "epsilon=-1.0"),
+    ("moco", lambda: mtlx.moco(beta=-1, num_tasks=2), "beta=-1"),
+    ("moco", lambda: mtlx.moco(gamma=-1, num_tasks=2), "gamma=-1"),
+    ("famo", lambda: mtlx.famo(gamma=-1, num_tasks=2), "gamma=-1"),
+    ("famo", lambda: mtlx.famo(learning_rate=-1, num_tasks=2), "learning_rate=-1"),
+    ("normalize_task_scale", lambda: mtlx.normalize_task_scale(decay=1.5, num_tasks=2),
+     "decay=1.5"),
+    ("db_mtl", lambda: mtlx.db_mtl(beta=2, num_tasks=2), "beta=2"),
+    ("geometric_loss", lambda: mtlx.geometric_loss(eps=-1), "eps=-1"),
+    ("gradnorm", lambda: mtlx.gradnorm(alpha=-1, num_tasks=2), "alpha=-1"),
+    ("gradnorm", lambda: mtlx.gradnorm(learning_rate=-1, num_tasks=2), "learning_rate=-1"),
+    ("nash_mtl", lambda: mtlx.nash_mtl(max_norm=-1, num_tasks=2), "max_norm=-1"),
+    ("cagrad", lambda: mtlx.cagrad(c=-0.1), "c=-0.1"),
+    ("modo", lambda: mtlx.modo(gamma=float("nan"), num_tasks=2), "gamma=nan"),
+    ("excess_mtl", lambda: mtlx.excess_mtl(step_size=-1, num_tasks=2), "step_size=-1"),
+    ("stch", lambda: mtlx.stch(mu=float("inf"), num_tasks=2), "mu=inf"),
+    ("uncertainty_weighting", lambda: mtlx.uncertainty_weighting(learning_rate=0, num_tasks=2),
+     "learning_rate=0"),
+    ("imtl_l", lambda: mtlx.imtl_l(learning_rate=-1, num_tasks=2), "learning_rate=-1"),
+    ("crmogm", lambda: mtlx.crmogm(beta=1.5), "beta=1.5"),
+    ("make_optimizer", lambda: mtlx.train.make_optimizer("adam", -1.0), "learning_rate=-1.0"),
+    ("make_optimizer", lambda: mtlx.train.make_optimizer("adam", float("nan")),
+     "learning_rate=nan"),
+    ("make_optimizer", lambda: mtlx.train.make_optimizer("adam", 1e-3, grad_clip=-1),
+     "grad_clip=-1"),
+    ("make_optimizer", lambda: mtlx.train.make_optimizer("adamw", 1e-3, weight_decay=-5),
+     "weight_decay=-5"),
+]
+
+
+@pytest.mark.parametrize("name,build,needle", BAD_SETTINGS,
+                         ids=[f"{n}-{s}" for n, _, s in BAD_SETTINGS])
+def test_bad_hyperparameter_refused(name, build, needle):
+  with pytest.raises(ValueError, match=re.escape(needle) + " is not valid; expected"):
+    build()
+
+
+def test_merging_and_data_settings_refused():
+  base = {"w": jnp.zeros((4,))}
+  fts = [{"w": jnp.full((4,), float(i))} for i in range(1, 4)]
+  with pytest.raises(ValueError, match="k=5 is not valid; expected an int >= 0 and <= 3"):
+    mtlx.merging.consensus(base, fts, k=5)
+  with pytest.raises(ValueError, match=r"drop_small \+ drop_large"):
+    mtlx.merging.breadcrumbs(base, fts, drop_small=0.7, drop_large=0.5)
+  from mtlx.data import pipeline
+  with pytest.raises(ValueError, match="batch_size=2.5; expected a positive int"):
+    pipeline.BatchPlan(10, batch_size=2.5)

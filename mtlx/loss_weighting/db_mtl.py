@@ -56,6 +56,9 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
 
   Cost: the K per-task gradients (K backward passes) and a ``K × P`` buffer.
   """
+  validation.check_number(beta, "beta", low=0, high=1, method="db_mtl")
+  validation.check_number(beta_sigma, "beta_sigma", low=0, method="db_mtl")
+  validation.check_number(eps, "eps", low=0, low_open=True, method="db_mtl")
   k = validation.require_num_tasks(num_tasks, "db_mtl")
   name = "db_mtl"
 

@@ -50,6 +50,7 @@ def dwa(temperature: float = 2.0, *,
 
   Cost: O(K) per update; works on the one-backward path (``mtlx.loss_weights``).
   """
+  validation.check_number(temperature, "temperature", low=0, low_open=True, method="dwa")
   k = validation.require_num_tasks(num_tasks, "dwa")
 
   def init_fn(k):

@@ -74,6 +74,9 @@ def famo(gamma: float = 1e-3, learning_rate: float = 0.025, eps: float = 1e-8, *
   Cost: O(K) per update and no per-task gradients: use it on the one-backward
   path (``mtlx.loss_weights``), where the step costs one backward pass.
   """
+  validation.check_number(gamma, "gamma", low=0, method="famo")
+  validation.check_number(learning_rate, "learning_rate", low=0, low_open=True, method="famo")
+  validation.check_number(eps, "eps", low=0, low_open=True, method="famo")
   k = validation.require_num_tasks(num_tasks, "famo")
   opt = _logit_optimizer(learning_rate, gamma)
   l_star = None if min_losses is None else jnp.asarray(min_losses)

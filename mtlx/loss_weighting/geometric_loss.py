@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx.loss_weighting import base
 from mtlx.loss_weighting.scale_invariant import positive_losses
 
@@ -34,6 +35,7 @@ def geometric_loss(eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
 
   Cost: O(K); works on the one-backward path.
   """
+  validation.check_number(eps, "eps", low=0, method="geometric_loss")
 
   def weight_fn(state, task_losses):
     losses = positive_losses(task_losses.astype(base.compute_dtype(task_losses)), eps)

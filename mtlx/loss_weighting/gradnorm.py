@@ -106,6 +106,8 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 0.025, *,
   Cost: the K per-task gradients (K backward passes, ``K P`` memory) plus one
   norm over the masked parameters (``K |W|``).
   """
+  validation.check_number(alpha, "alpha", low=0, method="gradnorm")
+  validation.check_number(learning_rate, "learning_rate", low=0, low_open=True, method="gradnorm")
   k = validation.require_num_tasks(num_tasks, "gradnorm")
   opt = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 

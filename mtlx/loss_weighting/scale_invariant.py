@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx.loss_weighting import base
 
 
@@ -37,6 +38,7 @@ def scale_invariant(eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
 
   Cost: O(K); works on the one-backward path.
   """
+  validation.check_number(eps, "eps", low=0, method="scale_invariant")
 
   def weight_fn(state, task_losses):
     losses = positive_losses(task_losses.astype(base.compute_dtype(task_losses)), eps)

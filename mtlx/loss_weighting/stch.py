@@ -55,6 +55,9 @@ def stch(mu: float = 1.0, warmup_steps: int = 0, eps: float = 1e-20, *,
 
   Cost: O(K); works on the one-backward path (``mtlx.loss_weights``).
   """
+  validation.check_number(mu, "mu", low=0, low_open=True, method="stch")
+  validation.check_number(warmup_steps, "warmup_steps", low=0, integer=True, method="stch")
+  validation.check_number(eps, "eps", low=0, low_open=True, method="stch")
   k = validation.require_num_tasks(num_tasks, "stch")
   if warmup_steps < 0:
     raise ValueError(f"warmup_steps={warmup_steps}; expected an int >= 0.")

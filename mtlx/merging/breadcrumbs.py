@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtlx.merging import _common
 
@@ -62,7 +63,8 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], drop_small: Any = 0.8
     ``drop_small = drop_large = 0`` it is task arithmetic.
 
   Raises:
-    ValueError: on structure/shape mismatch or fractions outside [0, 1].
+    ValueError: on structure/shape mismatch, fractions outside [0, 1], or
+      ``drop_small + drop_large > 1``.
 
   Reference: M. Davari and E. Belilovsky, "Model Breadcrumbs: Scaling Multi-Task
   Model Merging with Sparse Masks", ECCV 2024.
@@ -72,6 +74,10 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], drop_small: Any = 0.8
   """
   _common.check_fraction(drop_small, "drop_small")
   _common.check_fraction(drop_large, "drop_large")
+  if np.any(np.asarray(drop_small, float) + np.asarray(drop_large, float) > 1):
+    raise ValueError(f"breadcrumbs: drop_small={drop_small!r} + drop_large={drop_large!r} "
+                     "> 1 drops every entry (the merge would be the base); expected "
+                     "drop_small + drop_large <= 1.")
   tau = _common.stack_task_vectors(base, finetuned)
   masks = breadcrumbs_masks(tau, drop_small, drop_large)
   masked = jax.tree_util.tree_map(lambda t, m: t * m.astype(t.dtype), tau, masks)

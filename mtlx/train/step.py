@@ -39,6 +39,7 @@ from mtlx import aggregators
 from mtlx import jacobian
 from mtlx import registry
 from mtlx import sharding as sharding_lib
+from mtlx import validation
 import mtlx.loss_weighting as weighting_lib
 from mtlx.train import losses as losses_lib
 from mtlx import metrics as metrics_lib
@@ -149,6 +150,11 @@ def make_optimizer(name: str, learning_rate: float, *, schedule: str = "constant
   ``schedule``: ``constant``, ``cosine`` (to 0 at ``num_steps``), ``warmup_cosine``;
   ``grad_clip > 0`` clips the global norm first.
   """
+  validation.check_number(learning_rate, "config.learning_rate", low=0, low_open=True)
+  validation.check_number(weight_decay, "config.weight_decay", low=0)
+  validation.check_number(momentum, "config.momentum", low=0, high=1, high_open=True)
+  validation.check_number(grad_clip, "config.grad_clip", low=0)
+  validation.check_number(warmup_steps, "config.warmup_steps", low=0, integer=True)
   schedules = ("constant", "cosine", "warmup_cosine")
   if schedule == "constant":
     lr = learning_rate
