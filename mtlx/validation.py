@@ -203,14 +203,16 @@ def guard_step(updates: Any, new_state: Any, state: Any, *inputs: Any) -> tuple[
   """The rule "state is never poisoned", for any transform's update.
 
   If every floating leaf of ``inputs`` (task grads, task losses, other batches)
-  is finite: ``(updates, new_state)`` unchanged (an exact no-op). Otherwise:
+  and of ``new_state`` is finite: ``(updates, new_state)`` unchanged (an exact
+  no-op). Otherwise (a non-finite input, or finite inputs that would put a
+  non-finite number into the state, e.g. an overflow):
   all-NaN updates, so an ``optax.apply_if_finite`` after the method skips the
   step, and the OLD ``state``, so the skipped step leaves no trace (no NaN, no
   counter or PRNG key advanced): the run then continues exactly as if the bad
   step had not happened. Cost: one finiteness reduction over the inputs and one
   select per state/update entry; no host callback.
   """
-  finite = all_finite(*inputs)
+  finite = all_finite(new_state, *inputs)
   return poison_if_not_finite(finite, updates), keep_state_if_not_finite(finite, new_state, state)
 
 

@@ -191,3 +191,61 @@ def test_merging_and_data_settings_refused():
   from mtlx.data import pipeline
   with pytest.raises(ValueError, match="batch_size=2.5; expected a positive int"):
     pipeline.BatchPlan(10, batch_size=2.5)
+
+
+# --- Item 2: finite losses that used to break a method for good ------------------------
+
+def _loss_run(tx, losses_seq, grads_seq=None):
+  params = {"w": jnp.zeros((2,))}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  outs = []
+  for t, l in enumerate(losses_seq):
+    g = {"w": jnp.asarray(np.random.default_rng(t).normal(size=(len(l), 2)))}
+    out, state = update(g, state, params, task_losses=jnp.asarray(l, jnp.float64))
+    outs.append(out)
+  return outs, state
+
+
+def _all_finite(tree):
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+@pytest.mark.parametrize("losses_seq", [
+    [[0.0, 1.0], [0.5, 1.0], [0.4, 0.9]],      # zero loss at the first update
+    [[1.0, 2.0], [0.0, 0.0], [0.5, 1.0]],      # all losses zero once
+    [[0.0, 0.0], [0.0, 0.0], [1.0, 2.0]],      # all zero from the start
+], ids=["first-zero", "all-zero-once", "zero-start"])
+def test_gradnorm_zero_losses_stay_finite(losses_seq):
+  outs, state = _loss_run(mtlx.gradnorm(num_tasks=2), losses_seq)
+  assert all(_all_finite(o) for o in outs) and _all_finite(state)
+  np.testing.assert_allclose(float(jnp.sum(state.weights)), 2.0, rtol=1e-12)
+  # L(0) of a task is its first positive loss
+  assert float(state.initial_losses[0]) == next(l[0] for l in losses_seq if l[0] > 0)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: mtlx.famo(num_tasks=2), lambda: mtlx.geometric_loss(),
+    lambda: mtlx.scale_invariant(), lambda: mtlx.stch(num_tasks=2, warmup_steps=1),
+    lambda: mtlx.stch(num_tasks=2), lambda: mtlx.db_mtl(num_tasks=2),
+    lambda: mtlx.gradnorm(num_tasks=2), lambda: mtlx.dwa(num_tasks=2),
+    lambda: mtlx.imtl_l(num_tasks=2), lambda: mtlx.uncertainty_weighting(num_tasks=2),
+    lambda: mtlx.normalize_task_scale(num_tasks=2)],
+    ids=["famo", "gls", "si", "stch-warmup", "stch", "db_mtl", "gradnorm", "dwa", "imtl_l",
+         "uncertainty", "normalize_task_scale"])
+def test_negative_and_zero_losses_never_nan(build):
+  """Negative finite losses (a Gaussian NLL) and zeros: finite weights and state, and
+  the method keeps working afterwards (no NaN carried in its state)."""
+  seq = [[-0.5, 1.0], [0.0, -2.0], [0.0, 0.0], [1.0, 0.5], [0.8, 0.4]]
+  outs, state = _loss_run(build(), seq)
+  assert all(_all_finite(o) for o in outs), outs
+  assert _all_finite(state)
+
+
+def test_famo_min_losses_shift():
+  """With min_losses below the (negative) losses, FAMO sees D = L - L* > 0."""
+  tx = mtlx.famo(num_tasks=2, min_losses=[-3.0, -3.0])
+  outs, state = _loss_run(tx, [[-1.0, -2.0], [-1.5, -2.1], [-1.7, -2.2]])
+  assert all(_all_finite(o) for o in outs) and _all_finite(state)
+  assert not np.allclose(np.asarray(state.logits), 0.0)  # it learns

@@ -24,7 +24,8 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
   """DB-MTL: log-loss scale balancing plus gradient-magnitude balancing.
 
   Loss part: the log transform ``L_k -> log(L_k + ε)``, whose gradient is
-  ``h_k = g_k / (L_k + ε)``. Gradient part: an EMA of the ``h_k`` with a
+  ``h_k = g_k / (L_k + ε)`` (a negative finite loss counts as 0, so ``h_k`` stays
+  finite). Gradient part: an EMA of the ``h_k`` with a
   decaying coefficient ``β_t = β / t^{σ}`` (``t`` = 1, 2, ... the update count),
   then every task is rescaled to the largest EMA norm:
 
@@ -81,7 +82,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
     dtype = base.compute_dtype(task_losses)
     count = optax.safe_int32_increment(state.count)
     beta_t = beta / count.astype(dtype) ** beta_sigma
-    inv = 1.0 / (task_losses.astype(dtype) + eps)
+    inv = 1.0 / (jnp.maximum(task_losses.astype(dtype), 0.0) + eps)
     inv = inv + jnp.zeros_like(inv) * task_losses.astype(dtype)  # inf loss -> NaN, not 0
     h = base.scale_rows(inv, task_grads)
 
