@@ -3,6 +3,7 @@
 ``experiments/train.py`` is the readable loop built on them.
 """
 
+from mtlx.train.checkpoint import CheckpointSaveError
 from mtlx.train.checkpoint import Checkpointer
 from mtlx.train.losses import task_loss
 from mtlx.train.losses import task_losses
@@ -21,7 +22,7 @@ from mtlx.train.writer import MetricWriter
 from mtlx.train.writer import read_jsonl
 
 __all__ = [
-    "Checkpointer", "MetricWriter", "PATHS", "TrainState", "Trainer", "build_mto",
+    "CheckpointSaveError", "Checkpointer", "MetricWriter", "PATHS", "TrainState", "Trainer", "build_mto",
     "check_method_names", "choose_path", "cosine_matrix", "finalize_eval",
     "make_optimizer", "make_trainer", "read_jsonl", "span_weights", "task_loss",
     "task_losses",
