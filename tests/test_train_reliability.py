@@ -95,13 +95,22 @@ def test_resume_rules_and_non_finite_stop(data_dir, tmp_path):
   assert row["changes"]["num_steps"] == [8, 12]
   assert row["changes"]["learning_rate"] == [1e-3, 2e-3]
 
-  # a model-size mismatch: one line naming the leaf and both shapes
-  config = _config(data_dir, workdir, resume=True, num_steps=16)
+  # a model-size change is refused by the config comparison ...
+  config = _config(data_dir, workdir, resume=True, num_steps=16, learning_rate=2e-3)
   config.model_kwargs.hidden = 32
+  with pytest.raises(ValueError, match=r"config.model_kwargs.hidden: 16 -> 32"):
+    train_exp.train_and_evaluate(config)
+  # ... and without a stored config, by the checkpoint: one line, leaf and both shapes
+  saved = {n: (workdir / n).read_bytes() for n in ("config.json", "config_history.jsonl")}
+  for n in saved:
+    (workdir / n).unlink()
   with pytest.raises(ValueError) as e:
     train_exp.train_and_evaluate(config)
   msg = str(e.value)
-  assert "\n" not in msg and "shape" in msg and "≠ model" in msg and "(in " in msg
+  assert "\n" not in msg and "≠ model" in msg and "(in " in msg, msg
+  assert "checkpoint kernel shape (16, 16) ≠ model (32, 16) at params.decoder" in msg, msg
+  for n, b in saved.items():
+    (workdir / n).write_bytes(b)
 
   # corrupt the newest checkpoint (12): resume falls back to 8, logged
   steps = T.Checkpointer(str(ckpts)).all_steps()
@@ -114,7 +123,8 @@ def test_resume_rules_and_non_finite_stop(data_dir, tmp_path):
   shutil.rmtree(ckpts / "12" / "default", ignore_errors=True)
   (ckpts / "12" / "default").mkdir()
   restored = train_exp.train_and_evaluate(_config(data_dir, workdir, resume=True,
-                                                  num_steps=12, eval_every=4))
+                                                  num_steps=12, eval_every=4,
+                                                  learning_rate=2e-3))
   assert restored  # trained 8 -> 12 again
   rows = T.read_jsonl(str(workdir / "metrics.jsonl"))
   assert max(r["step"] for r in rows) == 12
@@ -124,7 +134,8 @@ def test_resume_rules_and_non_finite_stop(data_dir, tmp_path):
     shutil.rmtree(ckpts / str(s) / "default")
     (ckpts / str(s) / "default").mkdir()
   with pytest.raises(ValueError, match="no readable checkpoint.*step 12: .*step 8: "):
-    train_exp.train_and_evaluate(_config(data_dir, workdir, resume=True, num_steps=16))
+    train_exp.train_and_evaluate(_config(data_dir, workdir, resume=True, num_steps=16,
+                                         learning_rate=2e-3))
 
 
 def test_non_finite_loss_stops_the_run(data_dir, tmp_path):

@@ -14,6 +14,7 @@ leaf and both shapes.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from absl import logging
@@ -112,7 +113,7 @@ class Checkpointer:
     self._pending: int | None = None
     try:
       self.manager = ocp.CheckpointManager(
-          self.directory,
+          self.directory, item_handlers=ocp.StandardCheckpointHandler(),
           options=ocp.CheckpointManagerOptions(max_to_keep=int(max_to_keep), create=True,
                                                enable_async_checkpointing=async_save))
     except Exception as e:  # pylint: disable=broad-except
@@ -174,7 +175,9 @@ class Checkpointer:
 
     Tries the steps newest first. An unreadable one (truncated or corrupt files,
     missing metadata, an empty step folder) is logged in one line -- which step
-    and why -- and the next older one is tried. A shape mismatch with
+    and why -- and the next older one is tried; once one is read, the unreadable
+    newer ones are moved to ``<directory>.unreadable/<step>`` (kept for
+    inspection, out of the way of the new saves). A shape mismatch with
     ``template`` is not corruption: it raises at once (:func:`check_shapes`).
 
     Raises:
@@ -187,7 +190,10 @@ class Checkpointer:
     failures = []
     for step in steps:
       try:
-        return self.restore(template, step), step
+        restored = self.restore(template, step)
+        if failures:
+          self._set_aside([s for s, _ in failures])
+        return restored, step
       except ValueError as e:
         if "≠ model" in str(e) or "does not match the model" in str(e):
           raise
@@ -198,6 +204,21 @@ class Checkpointer:
                       step, self.directory, one_line(failures[-1][1]))
     lines = "; ".join(f"step {s}: {one_line(e, 160)}" for s, e in failures)
     raise ValueError(f"no readable checkpoint in {self.directory}: {lines}.")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    if jax.process_index() != 0:
+      return
+    target = self.directory + ".unreadable"
+    os.makedirs(target, exist_ok=True)
+    for step in steps:
+      src = os.path.join(self.directory, str(step))
+      if os.path.exists(src):
+        dst = os.path.join(target, str(step))
+        if os.path.exists(dst):
+          dst = f"{dst}.{int(time.time())}"
+        os.replace(src, dst)
+        logging.warning("moved unreadable checkpoint step %d to %s", step, dst)
+    self.manager.reload()
 
   def _candidate_steps(self) -> list[int]:
     """Every step folder on disk (orbax's list, plus numeric folders it skipped)."""
