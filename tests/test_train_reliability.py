@@ -180,8 +180,7 @@ def test_checkpoint_write_failure_exits_promptly(data_dir, tmp_path):
          "--config.eval_batch_size=64", "--config.val_split=", "--config.progress=False",
          "--config.tensorboard=False", "--config.model_kwargs.widths=(4,8)",
          "--config.model_kwargs.hidden=16", "--config.model_kwargs.head_hidden=16",
-         "--config.builder_kwargs.num_train=256", "--config.builder_kwargs.num_validation=32",
-         "--config.builder_kwargs.num_test=64"]
+         "--config.builder_kwargs.num_train=256", "--config.eval_split=validation"]
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   try:
@@ -190,6 +189,7 @@ def test_checkpoint_write_failure_exits_promptly(data_dir, tmp_path):
       if (ckpts / "200").is_dir():
         break
       time.sleep(0.002)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
     subprocess.run(["chattr", "+i", str(ckpts)], check=True)
     t0 = time.time()
     try:
