@@ -249,3 +249,77 @@ def test_famo_min_losses_shift():
   outs, state = _loss_run(tx, [[-1.0, -2.0], [-1.5, -2.1], [-1.7, -2.2]])
   assert all(_all_finite(o) for o in outs) and _all_finite(state)
   assert not np.allclose(np.asarray(state.logits), 0.0)  # it learns
+
+
+# --- Item 8: merging stays finite at any float32 scale; NaN stays local -----------------
+
+def _merge_inputs(scale=1.0, dtype=jnp.float32):
+  rng = np.random.default_rng(0)
+  base = {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype), "b": jnp.zeros((3,), dtype)}
+  fts = [jax.tree_util.tree_map(
+      lambda x, i=i: x + jnp.asarray(scale * rng.normal(size=x.shape), dtype), base)
+      for i in range(3)]
+  return base, fts
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1.0, 1e25])
+def test_metagpt_and_cosine_finite_at_every_scale(scale):
+  rng = np.random.default_rng(1)
+  base = {"w": jnp.zeros((4, 3), jnp.float32)}
+  taus = [rng.normal(size=(4, 3)) for _ in range(3)]
+  fts = [{"w": jnp.asarray(scale * t, jnp.float32)} for t in taus]
+  lam = np.asarray(mtlx.merging.metagpt_coefficients(base, fts))
+  sq = np.array([np.sum(t ** 2) for t in taus])  # float64 reference, scale-free
+  np.testing.assert_allclose(lam, sq / sq.sum(), rtol=1e-5)
+  merged = mtlx.merging.metagpt(base, fts)
+  assert np.all(np.isfinite(np.asarray(merged["w"])))
+  cos = np.asarray(mtlx.merging.cosine_similarity(base, fts, per_layer=False))
+  flat = np.stack([t.ravel() for t in taus])
+  ref = flat @ flat.T / np.outer(np.linalg.norm(flat, axis=1), np.linalg.norm(flat, axis=1))
+  np.testing.assert_allclose(cos, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_metagpt_finetunes_equal_to_base():
+  base, _ = _merge_inputs()
+  fts = [base, base, base]
+  merged = mtlx.merging.metagpt(base, fts)
+  np.testing.assert_array_equal(np.asarray(merged["w"]), np.asarray(base["w"]))
+  np.testing.assert_allclose(mtlx.merging.metagpt_coefficients(base, fts), 1 / 3)
+  cos = mtlx.merging.cosine_similarity(base, fts)
+  assert all(np.all(np.asarray(c) == 0) for c in jax.tree_util.tree_leaves(cos))
+
+
+def _with_nan(fts):
+  bad = [dict(f) for f in fts]
+  bad[1] = {"w": fts[1]["w"].at[2, 1].set(jnp.nan), "b": fts[1]["b"]}
+  return bad
+
+
+def _nan_stays_local(merged, clean):
+  w, w0 = np.asarray(merged["w"]), np.asarray(clean["w"])
+  assert np.isnan(w[2, 1])
+  mask = np.ones_like(w, bool)
+  mask[2, 1] = False
+  assert np.all(np.isfinite(w[mask])) and np.all(np.isfinite(np.asarray(merged["b"])))
+  return w[mask], w0[mask]
+
+
+def test_nan_entry_stays_local_in_metagpt():
+  base, fts = _merge_inputs()
+  clean = mtlx.merging.metagpt(base, fts)
+  _nan_stays_local(mtlx.merging.metagpt(base, _with_nan(fts)), clean)
+
+
+@pytest.mark.parametrize("method", ["adamerging", "atlas"])
+def test_nan_entry_stays_local_in_learned_merges(method):
+  base, fts = _merge_inputs()
+  target = jax.tree_util.tree_map(lambda *x: sum(x) / 3, *fts)
+
+  def loss_fn(p):
+    return sum(jnp.sum(jnp.square(a - b)) for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(target)))
+
+  fn = getattr(mtlx.merging, method)
+  merged, coeffs = fn(base, _with_nan(fts), loss_fn, num_steps=20)
+  assert all(np.all(np.isfinite(np.asarray(c))) for c in jax.tree_util.tree_leaves(coeffs))
+  clean, _ = fn(base, fts, loss_fn, num_steps=20)
+  _nan_stays_local(merged, clean)

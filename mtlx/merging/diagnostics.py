@@ -15,7 +15,9 @@ PyTree = Any
 
 def _cosine(gram):
   n = jnp.sqrt(jnp.diag(gram))
-  return gram / (n[:, None] * n[None, :])
+  denom = n[:, None] * n[None, :]
+  zero = denom == 0  # a zero task vector has no direction: cosine 0
+  return jnp.where(zero, 0.0, gram / jnp.where(zero, 1.0, denom))
 
 
 def cosine_similarity(base: PyTree, finetuned: Sequence[PyTree],
@@ -32,14 +34,20 @@ def cosine_similarity(base: PyTree, finetuned: Sequence[PyTree],
       matrix over the whole model.
 
   Returns:
-    ``[K, K]`` matrices (``nan`` where a task vector is zero on that layer).
+    ``[K, K]`` matrices; 0 where a task vector is zero on that layer (no
+    direction); finite for finite inputs at any float32 scale.
 
   Cost: ``K² P`` multiply-adds (a per-leaf Gramian, as ``mtlx.gramian``).
   """
   tau = _common.stack_task_vectors(base, finetuned)
+  # Divide by the largest |τ| first (cosines are scale-free): no float32
+  # underflow/overflow of the Gramian for task vectors of size 1e-30 or 1e25.
+  scale = jnp.max(jnp.stack([jnp.max(jnp.where(jnp.isfinite(t), jnp.abs(t), 0.0))
+                             for t in jax.tree_util.tree_leaves(tau)]))
+  scale = jnp.where(scale > 0, scale, 1.0)
 
   def gram(t):
-    f = t.reshape(t.shape[0], -1)
+    f = t.reshape(t.shape[0], -1) / scale
     return f @ f.T
 
   if per_layer:
