@@ -122,6 +122,10 @@ def resume_mode(config):
   return value
 
 
+POSITIVE_SIZES = ("widths", "hidden", "head_hidden", "num_experts", "num_levels", "k",
+                  "num_heads", "embed_dim", "depth")
+
+
 def check_numbers(config) -> None:
   """Checks every number of the config (steps, cadences, sizes, model sizes).
 
@@ -142,8 +146,9 @@ def check_numbers(config) -> None:
     for v in values:
       if isinstance(v, bool) or not isinstance(v, (int, float)):
         continue
-      if isinstance(v, int):  # sizes, counts: widths, hidden, num_experts, k ...
-        check(v, f"config.model_kwargs.{key}", low=1, integer=True)
+      if isinstance(v, int):  # sizes >= 1; other counts (shared experts ...) >= 0
+        check(v, f"config.model_kwargs.{key}", low=1 if key in POSITIVE_SIZES else 0,
+              integer=True)
       else:
         check(v, f"config.model_kwargs.{key}")
   resume_mode(config)

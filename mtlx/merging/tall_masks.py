@@ -123,8 +123,9 @@ def consensus(base: PyTree, finetuned: Sequence[PyTree], k: Any = 2,
   Cost: ``O(K P)`` elementwise (plus the TIES quantile for ``merge="ties"``).
   """
   validation.check_choice(merge, MERGES, "merge")
-  validation.check_number(k, "k", low=0, high=len(finetuned), integer=True,
-                          method="consensus (k tasks of K = len(finetuned))")
+  if isinstance(k, (int, float)):  # a traced k is not checked
+    validation.check_number(k, "k", low=0, high=len(finetuned), integer=True,
+                            method="consensus (k tasks of K = len(finetuned))")
   tau = _common.stack_task_vectors(base, finetuned)
   if merge == "task_arithmetic":
     mtl = jax.tree_util.tree_map(lambda t: jnp.sum(t, 0), tau)
