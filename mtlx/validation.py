@@ -223,7 +223,8 @@ def guarded_update(update_fn: Any, method: str = "this method") -> Any:
   array input (``task_grads`` and the keyword extras: ``task_losses``,
   ``task_grads_2`` ...). One line per transform::
 
-    return optax.GradientTransformationExtraArgs(init_fn, validation.guarded_update(update_fn, "moco"))
+    return optax.GradientTransformationExtraArgs(
+        init_fn, validation.guarded_update(update_fn, "moco"))
   """
 
   def update(task_grads, state, params=None, **extra):

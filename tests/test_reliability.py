@@ -316,7 +316,8 @@ def test_nan_entry_stays_local_in_learned_merges(method):
   target = jax.tree_util.tree_map(lambda *x: sum(x) / 3, *fts)
 
   def loss_fn(p):
-    return sum(jnp.sum(jnp.square(a - b)) for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(target)))
+    return sum(jnp.sum(jnp.square(a - b)) for a, b in
+               zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(target)))
 
   fn = getattr(mtlx.merging, method)
   merged, coeffs = fn(base, _with_nan(fts), loss_fn, num_steps=20)

@@ -204,7 +204,8 @@ def test_checkpoint_write_failure_exits_promptly(data_dir, tmp_path):
       proc.kill()
   assert proc.returncode == 1, (proc.returncode, err[-3000:])
   lines = [l for l in err.splitlines() if l.startswith("error: ")]
-  assert lines and "could not write checkpoint" in lines[-1] and str(ckpts) in lines[-1], err[-3000:]
+  assert lines and "could not write checkpoint" in lines[-1], err[-3000:]
+  assert str(ckpts) in lines[-1], err[-3000:]
   ck = T.Checkpointer(str(ckpts))
   assert 200 in ck.all_steps()
   ck.manager.restore(200)  # the last good checkpoint is readable

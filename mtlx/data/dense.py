@@ -143,7 +143,8 @@ class _MtanDense(base.MtlxBuilder, skip_registration=True):
         raise ValueError(f"{self.MTLX_NAME}: cannot read {path} as a .npy array "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                          "expected a file written by numpy.save.") from None
-      if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+      if (not np.issubdtype(array.dtype, np.number)
+          or np.issubdtype(array.dtype, np.complexfloating)):
         raise ValueError(f"{self.MTLX_NAME}: {path} has dtype {array.dtype}; expected a "
                          "real numeric array.")
       if not np.all(np.isfinite(array)):

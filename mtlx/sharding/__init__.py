@@ -647,5 +647,6 @@ def make_sharded_step(loss_fn: Callable[..., jax.Array],
 
 # Checkpointing lives in one place (mtlx.train.checkpoint); the names stay importable
 # from here. Imported last: mtlx.train imports this module.
-from mtlx.train.checkpoint import restore_checkpoint  # noqa: E402  pylint: disable=g-import-not-at-top
-from mtlx.train.checkpoint import save_checkpoint  # noqa: E402  pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from mtlx.train.checkpoint import restore_checkpoint  # noqa: E402
+from mtlx.train.checkpoint import save_checkpoint  # noqa: E402

@@ -22,7 +22,8 @@ from mtlx.train.writer import MetricWriter
 from mtlx.train.writer import read_jsonl
 
 __all__ = [
-    "CheckpointSaveError", "Checkpointer", "MetricWriter", "PATHS", "TrainState", "Trainer", "build_mto",
+    "CheckpointSaveError", "Checkpointer", "MetricWriter", "PATHS", "TrainState", "Trainer",
+    "build_mto",
     "check_method_names", "choose_path", "cosine_matrix", "finalize_eval",
     "make_optimizer", "make_trainer", "read_jsonl", "span_weights", "task_loss",
     "task_losses",
