@@ -452,10 +452,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
       logging.warning("resumed from step %d of %s (newer steps unreadable)", start, ckpt_dir)
     logging.info("resumed from step %d of %s", start, ckpt_dir)
   else:
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    if has_checkpoint:
       raise ValueError(f"config.workdir={workdir!r} already holds checkpoints; expected "
                        "config.resume=True to continue it, or an empty workdir.")
-    if os.path.isdir(ckpt_dir):
+    if os.path.isdir(ckpt_dir):  # no step folder: only leftovers of an interrupted save
       shutil.rmtree(ckpt_dir)
     ckpt = mtrain.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
   os.makedirs(workdir, exist_ok=True)
