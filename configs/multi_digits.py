@@ -99,11 +99,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_steps = 1000
   c.seed = 0
   c.workdir = "runs/multi_digits"
-  c.resume = False
+  # False: fresh run (a workdir with checkpoints is refused); True: continue from the
+  # newest readable checkpoint (error if there is none); 'auto': continue if there is
+  # one, else start fresh. Resuming compares the config with the stored one: only the
+  # run-cadence keys may change (experiments/train.py MUTABLE_ON_RESUME), the
+  # optimizer's with resume_allow_optimizer_change; changes go to config_history.jsonl.
+  c.resume = ml_collections.FieldReference(False, field_type=object)
+  c.resume_allow_optimizer_change = False
   c.log_every = 20
   c.eval_every = 100
   c.checkpoint_every = 200
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3     # newest checkpoints kept (>= 1; the final one is always saved)
+  c.max_nonfinite_steps = 3  # stop (exit code 1) after this many non-finite losses in a row
   c.progress = True
   c.tensorboard = True
   # --- Comparison protocol (experiments/compare.py).

@@ -110,7 +110,8 @@ def run_one(base_config, rundir: str, *, seed: int, method: str, weighting: str,
   workdir = os.path.join(rundir, f"seed{seed}_{config_hash(config)}")
   with config.unlocked():
     config.workdir = workdir
-    config.resume = os.path.isdir(os.path.join(workdir, "checkpoints"))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    config.resume = bool(train_lib.checkpoint_steps_on_disk(ckpt_dir))
   if not run_done(workdir, config.num_steps):
     train_lib.train_and_evaluate(config)
   return mtrain.read_jsonl(os.path.join(workdir, "metrics.jsonl"))

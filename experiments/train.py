@@ -54,6 +54,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -160,12 +161,58 @@ def build_methods(config, num_tasks: int):
   return loss_tx, grad_tx
 
 
+def resume_mode(config):
+  """``config.resume`` as ``False``, ``True`` or ``"auto"`` (strings accepted)."""
+  value = config.get("resume", False)
+  if isinstance(value, str):
+    value = {"true": True, "1": True, "false": False, "0": False, "": False,
+             "auto": "auto"}.get(value.strip().lower(), value)
+  if not (isinstance(value, bool) or value == "auto"):
+    raise ValueError(f"config.resume={config.get('resume')!r} is not valid; expected "
+                     "False (fresh run), True (continue; error if no checkpoint) or "
+                     "'auto' (continue if there is a checkpoint, else start fresh).")
+  return value
+
+
+POSITIVE_SIZES = ("widths", "hidden", "head_hidden", "num_experts", "num_levels", "k",
+                  "num_heads", "embed_dim", "depth")
+
+
+def check_numbers(config) -> None:
+  """Checks every number of the config (steps, cadences, sizes, model sizes).
+
+  Raises one ``ValueError`` naming the key, the value and the valid range, before
+  the workdir is created.
+  """
+  check = mtlx.validation.check_number
+  for key in ("num_steps", "log_every", "eval_every", "checkpoint_every",
+              "keep_checkpoints", "batch_size", "eval_batch_size"):
+    check(config[key], f"config.{key}", low=1, integer=True)
+  check(config.get("max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS),
+        "config.max_nonfinite_steps", low=1, integer=True)
+  check(config.extra_batches, "config.extra_batches", low=0, integer=True)
+  check(config.chunk_size, "config.chunk_size", low=0, integer=True)
+  check(config.seed, "config.seed", integer=True)
+  for key, value in parse_kwargs(config.model_kwargs).items():
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+      if isinstance(v, bool) or not isinstance(v, (int, float)):
+        continue
+      if isinstance(v, int):  # sizes >= 1; other counts (shared experts ...) >= 0
+        check(v, f"config.model_kwargs.{key}", low=1 if key in POSITIVE_SIZES else 0,
+              integer=True)
+      else:
+        check(v, f"config.model_kwargs.{key}")
+  resume_mode(config)
+
+
 def validate(config) -> tuple[Any, tuple]:
-  """Checks every name in the config before anything is built or trained.
+  """Checks every name and number in the config before anything is built or trained.
 
   Returns the dataset info and the selected tasks. Raises ValueError naming the
-  key, what was given and the valid names.
+  key, what was given and the valid names or range.
   """
+  check_numbers(config)
   if config.dataset not in mdata.dataset_names():
     raise ValueError(f"config.dataset={config.dataset!r}; expected one of "
                      f"{mdata.dataset_names()}.")
@@ -184,6 +231,82 @@ def validate(config) -> tuple[Any, tuple]:
     for m in t.metrics:
       mmetrics.check_metric(m, t.kind)
   return info, tasks
+
+
+DEFAULT_MAX_NONFINITE_STEPS = 3
+
+# Keys a resumed run may change. The optimizer's keys need
+# config.resume_allow_optimizer_change=True; every other key (method, weighting,
+# model and its sizes, dataset, tasks, seed, batch size ...) must equal the stored one.
+MUTABLE_ON_RESUME = ("num_steps", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints", "progress", "tensorboard", "eval_batch_size",
+                     "eval_split", "val_split", "workdir", "resume", "data_dir",
+                     "manual_dir", "mesh", "chunk_size", "max_nonfinite_steps",
+                     "protocol", "last_k", "resume_allow_optimizer_change", "engine_used")
+OPTIMIZER_KEYS = ("learning_rate", "schedule", "warmup_steps", "weight_decay", "momentum",
+                  "grad_clip")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_changes(stored: dict, new: dict, *, allow_optimizer_change: bool = False) -> dict:
+  """The differences between a stored run's config and the resuming one.
+
+  Returns ``{key: [stored, new]}`` for the keys that may change. Raises one
+  ``ValueError`` listing every key that may not (``config.<key>: stored -> new``).
+  """
+  a, b = _flat(stored), _flat(new)
+  changes, refused = {}, []
+  for key in sorted(set(a) | set(b)):
+    old, cur = a.get(key, "<absent>"), b.get(key, "<absent>")
+    if old == cur:
+      continue
+    top = key.split(".", 1)[0]
+    if top in MUTABLE_ON_RESUME or (allow_optimizer_change and top in OPTIMIZER_KEYS):
+      changes[key] = [old, cur]
+    else:
+      refused.append(f"config.{key}: {old!r} -> {cur!r}")
+  if refused:
+    hint = ("; the optimizer's keys may change with "
+            "--config.resume_allow_optimizer_change=True"
+            if any(r.split(":")[0][7:].split(".")[0] in OPTIMIZER_KEYS for r in refused) else "")
+    raise ValueError("cannot resume with a different config: " + "; ".join(refused)
+                     + f". Expected the stored values (a new workdir starts a new run){hint}.")
+  return changes
+
+
+def _config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def stored_config(workdir: str) -> dict | None:
+  """The config the run in ``workdir`` uses now: ``config.json`` with every change
+  recorded in ``config_history.jsonl`` applied (None for a fresh workdir)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    config = json.load(f)
+  history = os.path.join(workdir, "config_history.jsonl")
+  if os.path.exists(history):
+    for row in mtrain.read_jsonl(history):
+      config = row.get("config", config)
+  return config
+
+
+def checkpoint_steps_on_disk(ckpt_dir: str) -> list[int]:
+  """Numeric step folders under ``ckpt_dir`` (readable or not)."""
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
 def _data_kwargs(config) -> dict:
@@ -244,6 +367,64 @@ def make_mesh(config, devices=None):
   return sharding.mesh_from_config(config, devices=devices)
 
 
+class NonFiniteLossError(RuntimeError):
+  """The training loss was non-finite for ``config.max_nonfinite_steps`` steps in a row."""
+
+
+class NonFiniteWatch:
+  """Counts consecutive steps with a non-finite training loss.
+
+  ``observe(step, losses)`` keeps this step's losses and checks the previous
+  step's (so the host does not wait for the step just dispatched); after
+  ``limit`` consecutive non-finite steps it raises :class:`NonFiniteLossError`
+  naming the steps and tasks. ``finite_now`` checks the current step (used
+  before checkpointing, so a non-finite state is never saved).
+  """
+
+  def __init__(self, limit: int, names, checkpointer=None):
+    self.limit, self.names = int(limit), tuple(names)
+    self.run, self.first = 0, None
+    self._pending = None
+    self.checkpointer = checkpointer
+
+  def _check(self, step, losses):
+    values = np.asarray(jax.device_get(losses), np.float64)
+    if np.all(np.isfinite(values)):
+      self.run, self.first = 0, None
+      return
+    self.run += 1
+    self.first = step if self.first is None else self.first
+    if self.run >= self.limit:
+      bad = ", ".join(f"loss/{n}={v}" for n, v in zip(self.names, values)
+                      if not np.isfinite(v))
+      last = ""
+      if self.checkpointer is not None:
+        self.checkpointer.close()  # the checkpoints saved so far (all finite) stay
+        last = (f" Last checkpoint: step {self.checkpointer.latest_step()} in "
+                f"{self.checkpointer.directory}.")
+      raise NonFiniteLossError(
+          f"training loss non-finite for {self.run} consecutive steps (steps "
+          f"{self.first}..{step}; at step {step}: {bad}); stopping "
+          f"(config.max_nonfinite_steps={self.limit}). Lower config.learning_rate, "
+          f"set config.grad_clip, or check the data.{last}")
+
+  def observe(self, step, losses):
+    if self._pending is not None:
+      self._check(*self._pending)
+    self._pending = (step, losses)
+
+  def flush(self):
+    if self._pending is not None:
+      self._check(*self._pending)
+      self._pending = None
+
+  def finite_now(self, step, losses) -> bool:
+    if self._pending is not None and self._pending[0] == step:
+      self._pending = None
+    self._check(step, losses)
+    return self.run == 0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> dict:
   """Trains as the config says and returns the last ``eval`` row's values.
 
@@ -259,6 +440,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
   info, tasks = validate(config)
   mesh = make_mesh(config, devices)  # a wrong mesh fails here, before anything is built
   workdir = os.path.abspath(config.workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"config.workdir={workdir!r} is a file; expected a directory.")
+  resume = resume_mode(config)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  has_checkpoint = bool(checkpoint_steps_on_disk(ckpt_dir))
+  if resume is True and not has_checkpoint:
+    raise ValueError(f"config.resume=True but {ckpt_dir} holds no checkpoint (a mistyped "
+                     "workdir?); expected an existing run, or config.resume='auto' to "
+                     "start fresh when there is none.")
+  config_update = None
+  if resume and has_checkpoint:
+    stored = stored_config(workdir)
+    if stored is not None:
+      changes = config_changes(
+          stored, _config_dict(config),
+          allow_optimizer_change=bool(config.get("resume_allow_optimizer_change", False)))
+      if changes:
+        logging.warning("resuming %s with changed settings: %s", workdir,
+                        ", ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in changes.items()))
+        config_update = {"changes": changes, "config": _config_dict(config)}
   names = tuple(t.name for t in tasks)
   global_rows = config.batch_size * (1 + config.extra_batches) * jax.process_count()
   if global_rows % mesh.shape["data"]:
@@ -302,29 +503,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
     raise
 
   # Fresh run or resume.
-  ckpt_dir = os.path.join(workdir, "checkpoints")
   start = 0
-  if config.resume and os.path.isdir(ckpt_dir):
+  if resume and has_checkpoint:
     ckpt = mtrain.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-      state = ckpt.restore(state)  # onto the shardings of `state`: this run's mesh
-      start = int(state.step)
-      logging.info("resumed from step %d of %s", start, ckpt_dir)
+    # the newest readable step, onto the shardings of `state` (this run's mesh)
+    state, restored_step = ckpt.restore_latest(state)
+    start = int(state.step)
+    if restored_step != max(checkpoint_steps_on_disk(ckpt_dir)):
+      logging.warning("resumed from step %d of %s (newer steps unreadable)", start, ckpt_dir)
+    logging.info("resumed from step %d of %s", start, ckpt_dir)
   else:
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    if has_checkpoint:
       raise ValueError(f"config.workdir={workdir!r} already holds checkpoints; expected "
                        "config.resume=True to continue it, or an empty workdir.")
-    if os.path.isdir(ckpt_dir):
+    if os.path.isdir(ckpt_dir):  # no step folder: only leftovers of an interrupted save
       shutil.rmtree(ckpt_dir)
     ckpt = mtrain.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
   os.makedirs(workdir, exist_ok=True)
   chief = sharding.is_primary_host()  # the only process that writes files
   if chief:
     mtrain.MetricWriter.truncate(workdir, start)  # fresh: empty; resume: up to the checkpoint
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      saved = ml_collections.ConfigDict(config.to_dict())
-      saved.engine_used = trainer.engine  # what engine='auto' chose
-      f.write(saved.to_json_best_effort(indent=2))
+    config_json = os.path.join(workdir, "config.json")
+    if not start or not os.path.exists(config_json):
+      with open(config_json, "w") as f:
+        saved = ml_collections.ConfigDict(config.to_dict())
+        saved.engine_used = trainer.engine  # what engine='auto' chose
+        f.write(saved.to_json_best_effort(indent=2))
+    elif config_update is not None:  # the first settings stay in config.json
+      with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
+        f.write(json.dumps({"step": start, **config_update}) + "\n")
   writer = mtrain.MetricWriter(workdir, tensorboard=config.tensorboard, enabled=chief)
   logging.info("model %s (%d params), engine %s (config.engine=%r), tasks %s, mesh %s",
                config.model, mmodels.count_params(params), trainer.engine, engine(config),
@@ -337,10 +544,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
              desc=f"{config.weighting}+{config.method}", dynamic_ncols=True)
   last_eval: dict = {}
   t0, n0 = time.perf_counter(), start
+  watch = NonFiniteWatch(config.get("max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS), names,
+                         ckpt)
   for step in range(start, config.num_steps):
     state, step_info = trainer.step(state, trainer.shard_batch(next(train_iter)))
     s = step + 1
     final = s == config.num_steps
+    watch.observe(s, step_info["losses"])  # reads the previous step's losses
     if s % config.log_every == 0 or final:
       row = _train_row(jax.device_get(step_info), names)
       now = time.perf_counter()
@@ -358,9 +568,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
       writer.write(s, "eval", last_eval | {"time/eval_s": time.perf_counter() - te})
       t0 += time.perf_counter() - te  # eval time is not step time
     if s % config.checkpoint_every == 0 or final:
-      ckpt.save(s, state, force=final)
+      if watch.finite_now(s, step_info["losses"]):  # never checkpoint a non-finite loss
+        ckpt.save(s, state, force=final)
+      else:
+        logging.warning("step %d: non-finite training loss; checkpoint not saved", s)
     bar.update(1)
   bar.close()
+  watch.flush()
   ckpt.close()
   writer.close()
   if not last_eval:  # resumed a finished run: report its last eval row
@@ -376,7 +590,14 @@ def main(argv):
   config = flags.FLAGS.config
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  result = train_and_evaluate(config)
+  try:
+    result = train_and_evaluate(config)
+  except (mtrain.CheckpointSaveError, NonFiniteLossError) as e:
+    # One line, exit code 1, at once: a failed orbax save can leave its background
+    # threads blocked forever, and the interpreter would wait for them at exit.
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    logging.flush()
+    os._exit(1)  # pylint: disable=protected-access
   print(json.dumps({"workdir": os.path.abspath(config.workdir), "eval": result}, indent=1))
 
 

@@ -163,12 +163,16 @@ def combine(weights: jax.Array, task_grads: PyTree) -> PyTree:
   """``Σ_k w_k g_k`` as a params-shaped pytree (``wᵀ J``, leaf by leaf).
 
   Each leaf is contracted in float32 or wider and cast back to its dtype.
+  ``weights`` may be any array-like (a list, a NumPy array, a JAX array).
 
   Raises:
     ValueError: if ``weights`` is not a ``[K]`` vector for the K of ``task_grads``.
   """
   k = validation.num_tasks(task_grads)
+  weights = jnp.asarray(weights)
   validation.check_vector(weights, k, "weights")
+  if not jnp.issubdtype(weights.dtype, jnp.inexact):
+    weights = weights.astype(jnp.promote_types(weights.dtype, jnp.float32))
 
   def leaf(g):
     acc = _accumulation_dtype(g.dtype, weights.dtype)

@@ -139,3 +139,99 @@ def check_number(value: Any, name: str, *, low: float | None = None,
              or (high is not None and (v >= high if high_open else v > high)))
   if bad:
     raise ValueError(f"{prefix}{name}={value!r} is not valid; expected {want}.")
+
+
+def check_task_grads_match_params(task_grads: Any, params: Any, method: str = "this method",
+                                  k: int | None = None) -> None:
+  """Checks that every leaf of ``task_grads`` is ``(K,) + param.shape``.
+
+  ``params`` is what ``update`` received (``None``: nothing to check, e.g. the
+  representation path or ``mtlx.loss_weights``). Raises a ``ValueError`` naming
+  the leaf path and both shapes, e.g. ``"upgrad: task_grads['b'] has shape
+  (3, 1, 2); expected (K,) + params['b'].shape = (3, 2, 2)."``. A task-grads
+  pytree of another structure than ``params`` is not checked (engines pass
+  stand-ins: the autogram engine's ``K × K`` factor and probe). Static shapes
+  only: runs once while tracing.
+  """
+  if params is None:
+    return
+  if jax.tree_util.tree_structure(task_grads) != jax.tree_util.tree_structure(params):
+    return
+  k = num_tasks(task_grads) if k is None else k
+  for (path, g), p in zip(jax.tree_util.tree_leaves_with_path(task_grads),
+                          jax.tree_util.tree_leaves(params)):
+    want = (k,) + tuple(jnp.shape(p))
+    if tuple(jnp.shape(g)) != want:
+      where = jax.tree_util.keystr(path)
+      raise ValueError(f"{method}: task_grads{where} has shape {tuple(jnp.shape(g))}; "
+                       f"expected (K,) + params{where}.shape = {want}.")
+
+
+def all_finite(*trees: Any) -> jax.Array:
+  """A scalar bool: every floating leaf of every tree is finite (others ignored)."""
+  flags = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree_util.tree_leaves(t)
+           if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+  old = jnp.asarray(old) if not hasattr(old, "dtype") else old
+  new = jnp.asarray(new)
+  if jnp.issubdtype(old.dtype, jax.dtypes.prng_key):
+    return jax.lax.select(pred, new, old)
+  return jnp.where(pred, new.astype(old.dtype), old)
+
+
+def keep_state_if_not_finite(finite: jax.Array, new_state: Any, state: Any) -> Any:
+  """``new_state`` when ``finite`` else ``state`` (leaf by leaf, in the old dtypes)."""
+  return jax.tree_util.tree_map(lambda n, o: _select(finite, n, o), new_state, state)
+
+
+def poison_if_not_finite(finite: jax.Array, updates: Any) -> Any:
+  """``updates`` when ``finite``, else all-NaN floating leaves (so ``apply_if_finite`` skips)."""
+
+  def leaf(u):
+    if hasattr(u, "dtype") and jnp.issubdtype(u.dtype, jnp.inexact):
+      return jnp.where(finite, u, jnp.asarray(jnp.nan, u.dtype))
+    return u
+
+  return jax.tree_util.tree_map(leaf, updates)
+
+
+def guard_step(updates: Any, new_state: Any, state: Any, *inputs: Any) -> tuple[Any, Any]:
+  """The rule "state is never poisoned", for any transform's update.
+
+  If every floating leaf of ``inputs`` (task grads, task losses, other batches)
+  and of ``new_state`` is finite: ``(updates, new_state)`` unchanged (an exact
+  no-op). Otherwise (a non-finite input, or finite inputs that would put a
+  non-finite number into the state, e.g. an overflow):
+  all-NaN updates, so an ``optax.apply_if_finite`` after the method skips the
+  step, and the OLD ``state``, so the skipped step leaves no trace (no NaN, no
+  counter or PRNG key advanced): the run then continues exactly as if the bad
+  step had not happened. Cost: one finiteness reduction over the inputs and one
+  select per state/update entry; no host callback.
+  """
+  finite = all_finite(new_state, *inputs)
+  return poison_if_not_finite(finite, updates), keep_state_if_not_finite(finite, new_state, state)
+
+
+def guarded_update(update_fn: Any, method: str = "this method") -> Any:
+  """Wraps ``update_fn(task_grads, state, params=None, **extra)`` of a transform that
+  takes stacked task grads: checks the shapes against ``params`` at trace time
+  (:func:`check_task_grads_match_params`) and applies :func:`guard_step` with every
+  array input (``task_grads`` and the keyword extras: ``task_losses``,
+  ``task_grads_2`` ...). One line per transform::
+
+    return optax.GradientTransformationExtraArgs(
+        init_fn, validation.guarded_update(update_fn, "moco"))
+  """
+
+  def update(task_grads, state, params=None, **extra):
+    check_task_grads_match_params(task_grads, params, method)
+    updates, new_state = update_fn(task_grads, state, params, **extra)
+    inputs = [v for v in extra.values() if v is not None]
+    return guard_step(updates, new_state, state, task_grads, *inputs)
+
+  update.__doc__ = update_fn.__doc__
+  update.__wrapped__ = update_fn
+  return update

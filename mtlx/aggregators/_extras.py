@@ -26,7 +26,7 @@ def stateless(aggregate: Callable[[Any], Any]) -> optax.GradientTransformationEx
     del params, extra
     return aggregate(task_grads), state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, validation.guarded_update(update_fn))
 
 
 def fixed_weighting(weights_for: Callable[[int], jax.Array], *,

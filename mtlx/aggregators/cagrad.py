@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx import solvers
 from mtlx.aggregators.gramian_weighting import gramian_weighting
 
@@ -183,6 +184,9 @@ def cagrad(c: float = 0.4, *, rescale: bool = True, num_iters: int = 30,
   the last, active-set steps of ``O(K³)``) and one non-negative QP; the combination
   ``K P``; no extra backward pass.
   """
+  validation.check_number(c, "c", low=0, method="cagrad")
+  validation.check_number(num_iters, "num_iters", low=1, integer=True, method="cagrad")
+  validation.check_number(qp_iters, "qp_iters", low=1, integer=True, method="cagrad")
   if not c >= 0:
     raise ValueError(f"c={c!r}; expected a number >= 0.")
   def weighting(gramian):

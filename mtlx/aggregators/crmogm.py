@@ -76,6 +76,7 @@ def crmogm(weighting: Callable[..., Any] | str | None = None, beta: float = 0.9,
   Reference: S. Zhou et al. On the Convergence of Stochastic Multi-Objective
   Gradient Manipulation and Beyond. NeurIPS 2022.
   """
+  validation.check_number(beta, "beta", low=0, high=1, method="crmogm")
   fn = _resolve(weighting)
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"crmogm: beta={beta}; expected a float in [0, 1].")

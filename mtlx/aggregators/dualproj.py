@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx import solvers
 from mtlx.aggregators.gramian_weighting import gramian_weighting
 from mtlx.aggregators.upgrad import project_weights
@@ -37,5 +38,6 @@ def dualproj(*, num_iters: int = solvers.QP_ITERS) -> optax.GradientTransformati
   Cost: the Gramian (``K² P``), one QP (``num_iters`` × ``K²`` + refinement
   ``K³``), the combination ``K P``; no extra backward pass.
   """
+  validation.check_number(num_iters, "num_iters", low=1, integer=True, method="dualproj")
   return gramian_weighting(lambda gramian: dualproj_weights(gramian, num_iters=num_iters),
                            name="dualproj")

@@ -65,6 +65,8 @@ def excess_mtl(step_size: float = 1e-2, *, num_tasks: int | None = None,
 
   Reference: Y. He et al. Robust Multi-Task Learning with Excess Risks. ICML 2024.
   """
+  validation.check_number(step_size, "step_size", low=0, method="excess_mtl")
+  validation.check_number(eps, "eps", low=0, low_open=True, method="excess_mtl")
 
   def init_fn(params):
     k = validation.require_num_tasks(num_tasks, "excess_mtl")
@@ -100,4 +102,5 @@ def excess_mtl(step_size: float = 1e-2, *, num_tasks: int | None = None,
                          log_w.astype(state.log_weights.dtype))
     return update, new
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, validation.guarded_update(update_fn, "excess_mtl"))

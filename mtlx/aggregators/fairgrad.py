@@ -162,6 +162,11 @@ def fairgrad(alpha: float = 1.0, *, num_tasks: int | None = None, max_iters: int
   Reference: H. Ban, K. Ji. Fair Resource Allocation in Multi-Task Learning.
   ICML 2024.
   """
+  validation.check_number(alpha, "alpha", low=0, low_open=True, method="fairgrad")
+  validation.check_number(max_iters, "max_iters", low=1, integer=True, method="fairgrad")
+  validation.check_number(max_weight, "max_weight", low=0, low_open=True, method="fairgrad")
+  if tol is not None:
+    validation.check_number(tol, "tol", low=0, low_open=True, method="fairgrad")
 
   def init(k):
     k = validation.require_num_tasks(k, "fairgrad")

@@ -74,6 +74,7 @@ def graddrop(leak: Any = 0.0, seed: int = 0) -> optax.GradientTransformationExtr
   Cost: ``O(K P)`` elementwise work and ``P`` uniforms; memory ``K P``; no
   Gramian, no extra backward pass.
   """
+  validation.check_number(seed, "seed", integer=True, method="graddrop")
   leak_arr = jnp.asarray(leak, jnp.float32)
   if leak_arr.ndim > 1:
     raise ValueError(f"leak has shape {leak_arr.shape}; expected a scalar or a [K] vector.")
@@ -102,4 +103,5 @@ def graddrop(leak: Any = 0.0, seed: int = 0) -> optax.GradientTransformationExtr
       out.append(graddrop_leaf(g, u, lk).astype(g.dtype))
     return jax.tree_util.tree_unflatten(treedef, out), GradDropState(key)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, validation.guarded_update(update_fn, "graddrop"))

@@ -100,6 +100,8 @@ def gradvac(beta: float = 0.5, *, num_tasks: int, granularity: str = "whole",
   ``K``-vector updates (per leaf with ``'leaf'``), the combination ``K P``.
   State: ``K²`` (``L K²`` per leaf) targets and a key.
   """
+  validation.check_number(beta, "beta", low=0, high=1, method="gradvac")
+  validation.check_number(seed, "seed", integer=True, method="gradvac")
   validation.check_choice(granularity, GRANULARITIES, "granularity")
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"beta={beta!r}; expected a number in [0, 1].")
@@ -138,4 +140,5 @@ def gradvac(beta: float = 0.5, *, num_tasks: int, granularity: str = "whole",
     return (jax.tree_util.tree_unflatten(treedef, out),
             GradVacState(targets.astype(state.targets.dtype), key))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, validation.guarded_update(update_fn, "gradvac"))

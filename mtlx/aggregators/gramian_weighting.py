@@ -75,13 +75,15 @@ class GramianWeighting(optax.GradientTransformationExtraArgs):
     validation.check_num_tasks(k, self.num_tasks, self.name)
     kwargs = {n: extra[n] for n in self.extras if n in extra}
     if self.state_init is None:
-      weights = self.weight_fn(matrix, **kwargs)
+      weights, new_state = self.weight_fn(matrix, **kwargs), state
     else:
-      weights, state = self.weight_fn(matrix, state, **kwargs)
+      weights, new_state = self.weight_fn(matrix, state, **kwargs)
     if jax.numpy.shape(weights) != (k,):
       raise ValueError(f"{self.name} returned weights of shape {jax.numpy.shape(weights)}; "
                        f"expected shape ({k},).")
-    return weights, state
+    # The Gramian engine calls this directly: a non-finite matrix or extra (or new
+    # state) gives NaN weights and leaves the state as it was.
+    return validation.guard_step(weights, new_state, state, matrix, *kwargs.values())
 
 
 class CrossGramianWeighting(GramianWeighting):
@@ -109,7 +111,7 @@ def _typed(cls, weighting, matrix_of, init, num_tasks, label, extras):
     weights, state = tx.weights(matrix, state, **extra)
     return jacobian.combine(weights, direction), state
 
-  tx = cls(init_fn, update_fn, weighting, init, num_tasks,
+  tx = cls(init_fn, validation.guarded_update(update_fn, label), weighting, init, num_tasks,
            _check_extras(extras, label), label)
   return tx
 

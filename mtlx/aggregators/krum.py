@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx.aggregators.gramian_weighting import gramian_weighting
 
 
@@ -71,6 +72,8 @@ def krum(n_byzantine: int, n_selected: int = 1) -> optax.GradientTransformationE
 
   Cost: the Gramian (``K² P``), a ``K×K`` top-k, the combination ``K P``.
   """
+  validation.check_number(n_byzantine, "n_byzantine", low=0, integer=True, method="krum")
+  validation.check_number(n_selected, "n_selected", low=1, integer=True, method="krum")
   if not (isinstance(n_byzantine, int) and n_byzantine >= 0):
     raise ValueError(f"n_byzantine={n_byzantine!r}; expected an int >= 0.")
   if not (isinstance(n_selected, int) and n_selected >= 1):

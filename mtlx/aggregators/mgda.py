@@ -81,6 +81,7 @@ def mgda(normalization: str = "none", *,
   (``num_iters`` × ``K²`` + 8 ``K³`` solves), the combination ``K P``.
   No extra backward pass.
   """
+  validation.check_number(num_iters, "num_iters", low=1, integer=True, method="mgda")
   validation.check_choice(normalization, NORMALIZATIONS, "normalization")
 
   def weighting(gramian, *, task_losses=None):

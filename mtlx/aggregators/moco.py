@@ -60,6 +60,11 @@ def moco(beta: float = 0.5, gamma: float = 0.1, rho: float = 0.0, *,
   Reference: H. D. Fernando et al. Mitigating Gradient Bias in Multi-objective
   Learning: A Provably Convergent Approach. ICLR 2023.
   """
+  validation.check_number(beta, "beta", low=0, high=1, low_open=True, method="moco")
+  validation.check_number(gamma, "gamma", low=0, method="moco")
+  validation.check_number(rho, "rho", low=0, method="moco")
+  validation.check_number(beta_sigma, "beta_sigma", low=0, method="moco")
+  validation.check_number(gamma_sigma, "gamma_sigma", low=0, method="moco")
 
   def init_fn(params):
     k = validation.require_num_tasks(num_tasks, "moco")
@@ -83,4 +88,5 @@ def moco(beta: float = 0.5, gamma: float = 0.1, rho: float = 0.0, *,
     update = jax.tree_util.tree_map(lambda u, g: u.astype(g.dtype), update, task_grads)
     return update, MoCoState(state.count + 1, y, lam.astype(state.weights.dtype))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(
+      init_fn, validation.guarded_update(update_fn, "moco"))

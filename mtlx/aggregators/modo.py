@@ -66,6 +66,8 @@ def modo(gamma: float = 1e-3, rho: float = 0.1, *,
   Multi-Objective Learning: Optimization, Generalization and Conflict-Avoidance.
   NeurIPS 2023.
   """
+  validation.check_number(gamma, "gamma", low=0, method="modo")
+  validation.check_number(rho, "rho", low=0, method="modo")
 
   def init(k):
     k = validation.require_num_tasks(k, "modo")

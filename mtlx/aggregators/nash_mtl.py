@@ -122,6 +122,10 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: 
   Cost: the Gramian (``K² P``), ``optim_niter`` ``K×K`` solves, the combination
   ``K P``; no extra backward pass. State: ``K + 1`` numbers.
   """
+  validation.check_number(max_norm, "max_norm", low=0, method="nash_mtl")
+  validation.check_number(update_weights_every, "update_weights_every", low=1, integer=True,
+                          method="nash_mtl")
+  validation.check_number(optim_niter, "optim_niter", low=1, integer=True, method="nash_mtl")
   if not (isinstance(update_weights_every, int) and update_weights_every >= 1):
     raise ValueError(f"update_weights_every={update_weights_every!r}; expected an int >= 1.")
   if not (isinstance(optim_niter, int) and optim_niter >= 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -176,9 +177,17 @@ def pcd(epsilon=0.0, *, max_multiplier: float = 100.0, max_iters: int = 1000,
   ``(K-1)²`` matrix-vector products and ``polish_iters`` ``(K-1)³`` least-squares
   solves, the combination (``K P``). Stateless.
   """
+  validation.check_number(max_multiplier, "max_multiplier", low=0, low_open=True, method="pcd")
+  validation.check_number(max_iters, "max_iters", low=1, integer=True, method="pcd")
+  validation.check_number(polish_iters, "polish_iters", low=0, integer=True, method="pcd")
   eps = jnp.asarray(epsilon)
   if eps.ndim > 1:
     raise ValueError(f"epsilon has shape {eps.shape}; expected a float or a [K-1] vector.")
+  for value in np.ravel(np.asarray(epsilon, dtype=float)):
+    validation.check_number(float(value), "epsilon", low=0, high=1, high_open=True,
+                            method="pcd")
+  if tol is not None:
+    validation.check_number(tol, "tol", low=0, low_open=True, method="pcd")
 
   def weighting(gramian):
     k = gramian.shape[0]

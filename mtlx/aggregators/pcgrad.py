@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx.aggregators.gramian_weighting import gramian_weighting
 
 
@@ -78,6 +79,7 @@ def pcgrad(seed: int = 0) -> optax.GradientTransformationExtraArgs:
   Cost: the Gramian (``K² P``), ``K²`` sequential ``K``-vector updates, the
   combination ``K P``; no extra backward pass. State: one PRNG key.
   """
+  validation.check_number(seed, "seed", integer=True, method="pcgrad")
 
   def init(num_tasks):
     del num_tasks

@@ -100,6 +100,10 @@ def sdmgrad(lam: float = 0.3, *, num_tasks: int | None = None, num_iters: int = 
   Reference: P. Xiao, H. Ban, K. Ji. Direction-oriented Multi-objective Learning:
   Simple and Provable Stochastic Algorithms. NeurIPS 2023.
   """
+  validation.check_number(lam, "lam", low=0, method="sdmgrad")
+  validation.check_number(num_iters, "num_iters", low=1, integer=True, method="sdmgrad")
+  validation.check_number(step_size, "step_size", low=0, low_open=True, method="sdmgrad")
+  validation.check_number(momentum, "momentum", low=0, high=1, high_open=True, method="sdmgrad")
 
   def init(k):
     k = validation.require_num_tasks(k, "sdmgrad")

@@ -42,6 +42,7 @@ def trimmed_mean(trim_number: int) -> optax.GradientTransformationExtraArgs:
   Cost: ``O(trim_number · K · P)`` comparisons (unrolled over the K rows, so
   tracing grows with ``trim_number · K``), memory ``K P``.
   """
+  validation.check_number(trim_number, "trim_number", low=0, integer=True, method="trimmed_mean")
   if not (isinstance(trim_number, int) and trim_number >= 0):
     raise ValueError(f"trim_number={trim_number!r}; expected an int >= 0.")
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx import solvers
 from mtlx.aggregators.gramian_weighting import gramian_weighting
 
@@ -60,5 +61,6 @@ def upgrad(*, num_iters: int = solvers.QP_ITERS) -> optax.GradientTransformation
   K (``num_iters`` × ``K²`` each, batched), the combination ``K P``; no extra
   backward pass.
   """
+  validation.check_number(num_iters, "num_iters", low=1, integer=True, method="upgrad")
   return gramian_weighting(lambda gramian: upgrad_weights(gramian, num_iters=num_iters),
                            name="upgrad")

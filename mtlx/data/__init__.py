@@ -129,6 +129,11 @@ def get_builder(name: str, *, data_dir: str | None = None, manual_dir: str | Non
   cls = _builder_class(name)
   config = cls.make_config(**dict(builder_kwargs or {}))
   data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+  for arg, path in (("data_dir", data_dir), ("manual_dir", manual_dir)):
+    path = os.path.expanduser(path) if path else None
+    if path and "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+      what = "where datasets are prepared" if arg == "data_dir" else "holding the raw files"
+      raise ValueError(f"{arg}={path!r} is a file; expected a directory ({what}).")
   key = (name, os.path.abspath(data_dir), config.name)
   if key not in _PREPARED:
     _PREPARED[key] = _prepare(cls, config, data_dir, manual_dir)

@@ -137,21 +137,49 @@ class _MtanDense(base.MtlxBuilder, skip_registration=True):
       path = os.path.join(root, part, folder, f"{i}.npy")
       if not os.path.exists(path):
         raise FileNotFoundError(f"{self.MTLX_NAME}: missing {path} (there is an image {i}).")
-      array = np.load(path)
+      try:
+        array = np.load(path, allow_pickle=False)
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(f"{self.MTLX_NAME}: cannot read {path} as a .npy array "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "expected a file written by numpy.save.") from None
+      if (not np.issubdtype(array.dtype, np.number)
+          or np.issubdtype(array.dtype, np.complexfloating)):
+        raise ValueError(f"{self.MTLX_NAME}: {path} has dtype {array.dtype}; expected a "
+                         "real numeric array.")
+      if not np.all(np.isfinite(array)):
+        raise ValueError(f"{self.MTLX_NAME}: {path} has {int(np.sum(~np.isfinite(array)))} "
+                         "NaN/inf entries; expected finite values.")
       if array.size != int(np.prod(shape)) or array.shape[:2] != shape[:2]:
         raise ValueError(
             f"{self.MTLX_NAME}: {path} has shape {array.shape}; expected {shape}. Set "
             "builder_kwargs height=/width= for other resolutions.")
       return array.reshape(shape)
 
+    def where(folder, i):
+      return os.path.join(root, part, folder, f"{i}.npy")
+
     for i in indices:
       image = load(image_dir, i, (h, w, 3)).astype(np.float32)
-      label = np.rint(load(label_dir, i, (h, w))).astype(np.int64)
+      if image.min() < 0 or image.max() > 1:
+        hint = " (0..255? divide by 255)" if image.max() > 1 else ""
+        raise ValueError(f"{self.MTLX_NAME}: {where(image_dir, i)} spans [{image.min()}, "
+                         f"{image.max()}]{hint}; expected RGB in [0, 1].")
+      raw_label = load(label_dir, i, (h, w))
+      label = np.rint(raw_label).astype(np.int64)
+      if np.any(label != raw_label):
+        raise ValueError(f"{self.MTLX_NAME}: {where(label_dir, i)} has fractional labels "
+                         f"(e.g. {raw_label[label != raw_label].flat[0]}); expected integer "
+                         "class ids (-1 = ignore).")
       if label.min() < -1 or label.max() >= classes:
         raise ValueError(f"{self.MTLX_NAME}: labels of {part}/{label_dir}/{i}.npy span "
                          f"[{label.min()}, {label.max()}]; expected -1 (ignore) or 0..{classes - 1}.")
+      depth = load(depth_dir, i, (h, w, 1)).astype(np.float32)
+      if depth.min() < 0:
+        raise ValueError(f"{self.MTLX_NAME}: {where(depth_dir, i)} has negative depths "
+                         f"(min {depth.min()}); expected >= 0 (0 = no measurement).")
       example = {"image": image, "segmentation": label.astype(np.int16),
-                 "depth": load(depth_dir, i, (h, w, 1)).astype(np.float32), "index": int(i)}
+                 "depth": depth, "index": int(i)}
       if self.HAS_NORMALS:
         example["normal"] = load("normal", i, (h, w, 3)).astype(np.float32)
       yield f"{part}_{i}", example

@@ -23,8 +23,9 @@ class BatchPlan:
                shuffle: bool = True, num_epochs: int | None = None,
                drop_remainder: bool = True, process_index: int = 0,
                process_count: int = 1):
-    if batch_size < 1:
-      raise ValueError(f"batch_size={batch_size}; expected a positive int.")
+    if (isinstance(batch_size, bool) or not float(batch_size).is_integer()
+        or batch_size < 1):
+      raise ValueError(f"batch_size={batch_size!r}; expected a positive int.")
     if process_count < 1 or not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index}, process_count={process_count}; "
                        "expected 0 <= process_index < process_count.")

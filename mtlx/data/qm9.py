@@ -102,6 +102,9 @@ def read_targets(path) -> tuple[list[str], np.ndarray]:
   """gdb9.sdf.csv -> (mol ids, [N, 11] targets in the units above)."""
   with open(path) as f:
     lines = [l for l in f.read().splitlines() if l.strip()]
+  if not lines:
+    raise ValueError(f"qm9: {path} is empty; expected a header line and one row per "
+                     "molecule.")
   header = [h.strip() for h in lines[0].split(",")]
   missing = [c for c, _ in CSV_COLUMNS if c not in header]
   if missing:
@@ -109,10 +112,19 @@ def read_targets(path) -> tuple[list[str], np.ndarray]:
   cols = [header.index(c) for c, _ in CSV_COLUMNS]
   factors = np.asarray([f for _, f in CSV_COLUMNS])
   ids, values = [], []
-  for line in lines[1:]:
+  for n, line in enumerate(lines[1:], start=2):
     parts = line.split(",")
+    try:
+      row = [float(parts[c]) for c in cols]
+    except (ValueError, IndexError):
+      raise ValueError(f"qm9: {path} line {n} is not a row of {len(header)} numbers: "
+                       f"{line[:80]!r}.") from None
+    if not all(np.isfinite(row)):
+      raise ValueError(f"qm9: {path} line {n} has a NaN/inf target; expected finite values.")
     ids.append(parts[0].strip())
-    values.append([float(parts[c]) for c in cols])
+    values.append(row)
+  if not ids:
+    raise ValueError(f"qm9: {path} has a header but no rows; expected one row per molecule.")
   return ids, np.asarray(values, np.float64) * factors
 
 
@@ -194,8 +206,15 @@ class QM9(base.MtlxBuilder, skip_registration=True):
     ids, targets = read_targets(os.path.join(root, "gdb9.sdf.csv"))
     skip_path = os.path.join(root, "uncharacterized.txt")
     skip = read_uncharacterized(skip_path) if os.path.exists(skip_path) else set()
-    with open(os.path.join(root, "gdb9.sdf")) as f:
-      molecules = list(parse_sdf(f.read()))
+    sdf_path = os.path.join(root, "gdb9.sdf")
+    with open(sdf_path) as f:
+      try:
+        molecules = list(parse_sdf(f.read()))
+      except (ValueError, IndexError) as e:
+        raise ValueError(f"qm9: cannot parse {sdf_path}: {e}") from None
+    if not molecules:
+      raise ValueError(f"qm9: {sdf_path} holds no molecules; expected V2000 molfile "
+                       "blocks separated by $$$$.")
     if len(molecules) != len(ids):
       raise ValueError(f"qm9: gdb9.sdf has {len(molecules)} molecules but gdb9.sdf.csv has "
                        f"{len(ids)} rows; expected the same (row i = molecule i).")

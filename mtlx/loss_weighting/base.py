@@ -162,7 +162,8 @@ def loss_space_weighting(
     A :class:`LossWeighting` (an ``optax.GradientTransformationExtraArgs``) whose ``update(task_grads, state,
     params=None, *, task_losses, **extra)`` returns the re-weighted stacked grads
     (same structure and dtypes) and the new state. Non-finite losses give
-    non-finite weights and leave the state unchanged (:func:`guard_non_finite`).
+    non-finite weights and leave the state unchanged; so do non-finite grads
+    (:func:`mtlx.validation.guard_step`).
 
   Cost: ``K P`` multiplies on top of ``weight_fn`` (O(K) for loss-only methods).
   """
@@ -179,7 +180,7 @@ def loss_space_weighting(
     weights, new_state = tx.weights(state, task_losses, task_grads)
     return scale_rows(weights, task_grads), new_state
 
-  tx = LossWeighting(init, update, weight_fn, init_fn, num_tasks, reads_grads, name)
+  tx = LossWeighting(init, validation.guarded_update(update, name), weight_fn, init_fn, num_tasks, reads_grads, name)
   return tx
 
 

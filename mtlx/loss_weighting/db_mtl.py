@@ -24,7 +24,8 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
   """DB-MTL: log-loss scale balancing plus gradient-magnitude balancing.
 
   Loss part: the log transform ``L_k -> log(L_k + ε)``, whose gradient is
-  ``h_k = g_k / (L_k + ε)``. Gradient part: an EMA of the ``h_k`` with a
+  ``h_k = g_k / (L_k + ε)`` (a negative finite loss counts as 0, so ``h_k`` stays
+  finite). Gradient part: an EMA of the ``h_k`` with a
   decaying coefficient ``β_t = β / t^{σ}`` (``t`` = 1, 2, ... the update count),
   then every task is rescaled to the largest EMA norm:
 
@@ -56,6 +57,9 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
 
   Cost: the K per-task gradients (K backward passes) and a ``K × P`` buffer.
   """
+  validation.check_number(beta, "beta", low=0, high=1, method="db_mtl")
+  validation.check_number(beta_sigma, "beta_sigma", low=0, method="db_mtl")
+  validation.check_number(eps, "eps", low=0, low_open=True, method="db_mtl")
   k = validation.require_num_tasks(num_tasks, "db_mtl")
   name = "db_mtl"
 
@@ -76,7 +80,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
     dtype = base.compute_dtype(task_losses)
     count = optax.safe_int32_increment(state.count)
     beta_t = beta / count.astype(dtype) ** beta_sigma
-    inv = 1.0 / (task_losses.astype(dtype) + eps)
+    inv = 1.0 / (jnp.maximum(task_losses.astype(dtype), 0.0) + eps)
     inv = inv + jnp.zeros_like(inv) * task_losses.astype(dtype)  # inf loss -> NaN, not 0
     h = base.scale_rows(inv, task_grads)
 
@@ -92,7 +96,6 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8, *,
     alphas = jnp.max(norms) / (norms + eps)
     out = base.scale_rows(alphas, buffer)
     out = jax.tree_util.tree_map(lambda o, g: o.astype(g.dtype), out, task_grads)
-    _, new_state = base.guard_non_finite(inv, DBMTLState(count, buffer), state, task_losses)
-    return out, new_state
+    return out, DBMTLState(count, buffer)
 
-  return optax.GradientTransformationExtraArgs(init, update)
+  return optax.GradientTransformationExtraArgs(init, validation.guarded_update(update, name))

@@ -29,7 +29,9 @@ def dwa(temperature: float = 2.0, *,
      r_k(t) = L_k(t-1) / L_k(t-2),\\qquad
      w_k(t) = K\\,\\frac{\\exp(r_k(t) / T)}{\\sum_i \\exp(r_i(t) / T)},
 
-  and ``w_k = 1`` for the first two updates. Weights are positive and sum to K;
+  and ``w_k = 1`` for the first two updates. DWA needs positive losses: where
+  ``L_k(t-2) ≤ 0`` the ratio is taken as 1 and a negative ``L_k(t-1)`` counts as 0,
+  so finite losses always give finite weights. Weights are positive and sum to K;
   a task whose loss stalls (``r ≈ 1``) gets more weight than one that drops.
 
   The paper computes ``L_k(t)`` as the average loss over epoch ``t``; here ``t``
@@ -50,6 +52,7 @@ def dwa(temperature: float = 2.0, *,
 
   Cost: O(K) per update; works on the one-backward path (``mtlx.loss_weights``).
   """
+  validation.check_number(temperature, "temperature", low=0, low_open=True, method="dwa")
   k = validation.require_num_tasks(num_tasks, "dwa")
 
   def init_fn(k):
@@ -58,7 +61,9 @@ def dwa(temperature: float = 2.0, *,
 
   def weight_fn(state, task_losses):
     dtype = base.compute_dtype(task_losses)
-    ratio = state.prev.astype(dtype) / state.prev2.astype(dtype)
+    prev, prev2 = state.prev.astype(dtype), state.prev2.astype(dtype)
+    ok = prev2 > 0  # a zero/negative loss has no descent rate: r = 1 (documented)
+    ratio = jnp.where(ok, jnp.maximum(prev, 0.0) / jnp.where(ok, prev2, 1.0), 1.0)
     w_dwa = k * jax.nn.softmax(ratio / temperature)
     weights = jnp.where(state.count >= 2, w_dwa, jnp.ones((k,), dtype))
     new_state = DWAState(optax.safe_int32_increment(state.count),

@@ -62,7 +62,10 @@ def famo(gamma: float = 1e-3, learning_rate: float = 0.025, eps: float = 1e-8, *
     gamma: ``γ``, the weight decay of the logits (paper: 1e-3).
     learning_rate: Adam learning rate of the logits (paper: 0.025).
     eps: ``ε`` added to the shifted losses (official code: 1e-8).
-    min_losses: ``L^*``, a ``[K]`` lower bound of the losses (default 0).
+    min_losses: ``L^*``, a ``[K]`` lower bound of the losses (default 0). FAMO
+      takes ``log(L - L^*)``: pass it for losses that can be negative (a
+      Gaussian NLL). A finite loss below ``L^*`` counts as ``L^*`` (``D = ε``),
+      so the weights and the state stay finite.
     num_tasks: K (required: the state holds K logits).
 
   Returns:
@@ -74,6 +77,9 @@ def famo(gamma: float = 1e-3, learning_rate: float = 0.025, eps: float = 1e-8, *
   Cost: O(K) per update and no per-task gradients: use it on the one-backward
   path (``mtlx.loss_weights``), where the step costs one backward pass.
   """
+  validation.check_number(gamma, "gamma", low=0, method="famo")
+  validation.check_number(learning_rate, "learning_rate", low=0, low_open=True, method="famo")
+  validation.check_number(eps, "eps", low=0, low_open=True, method="famo")
   k = validation.require_num_tasks(num_tasks, "famo")
   opt = _logit_optimizer(learning_rate, gamma)
   l_star = None if min_losses is None else jnp.asarray(min_losses)
@@ -88,8 +94,8 @@ def famo(gamma: float = 1e-3, learning_rate: float = 0.025, eps: float = 1e-8, *
   def weight_fn(state, task_losses):
     dtype = base.compute_dtype(task_losses)
     shift = 0.0 if l_star is None else l_star.astype(dtype)
-    log_d = jnp.log(task_losses.astype(dtype) - shift + eps)
-    log_d_prev = jnp.log(state.prev_losses.astype(dtype) - shift + eps)
+    log_d = jnp.log(jnp.maximum(task_losses.astype(dtype) - shift, 0.0) + eps)
+    log_d_prev = jnp.log(jnp.maximum(state.prev_losses.astype(dtype) - shift, 0.0) + eps)
     logits = state.logits.astype(dtype)
     z = jax.nn.softmax(logits)
     delta = log_d_prev - log_d

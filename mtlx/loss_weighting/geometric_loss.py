@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx.loss_weighting import base
 from mtlx.loss_weighting.scale_invariant import positive_losses
 
@@ -22,8 +23,10 @@ def geometric_loss(eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
   finite weights (the exact gradient of the geometric mean is infinite there).
 
   Args:
-    eps: ``ε``, the floor for tiny/zero losses (losses must be ``>= 0``; a
-      negative loss gives NaN weights, non-finite losses propagate).
+    eps: ``ε > 0``, the floor of the losses: a zero, tiny or negative finite
+      loss counts as ``ε`` (finite weights; see
+      :func:`mtlx.loss_weighting.scale_invariant.positive_losses`); a non-finite
+      loss gives a non-finite update.
 
   Returns:
     A stateless loss-space ``optax.GradientTransformationExtraArgs``.
@@ -34,6 +37,7 @@ def geometric_loss(eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
 
   Cost: O(K); works on the one-backward path.
   """
+  validation.check_number(eps, "eps", low=0, low_open=True, method="geometric_loss")
 
   def weight_fn(state, task_losses):
     losses = positive_losses(task_losses.astype(base.compute_dtype(task_losses)), eps)

@@ -71,7 +71,11 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 0.025, *,
   (the target ``Ḡ r_k^α`` is a constant, as in the paper). Update ``t`` weights
   the grads with the current ``w`` and then steps
   ``w ← max(w + Adam_η(∂L_grad/∂w), 0)``, renormalised to ``Σ_k w_k = K``.
-  ``L(0)`` is the first update's losses. Weights are non-negative and sum to K.
+  ``L(0)`` is the first update's losses; a task whose first loss is 0 takes its
+  first positive loss as ``L_k(0)`` and has ``\tilde L_k = 1`` until then; when
+  every ``\tilde L`` is 0 (all losses zero) ``r = 1``; negative losses count as 0.
+  So finite losses always give finite weights. Weights are non-negative and sum to K
+  (a step that would clamp every weight to 0 leaves ``w`` as it was).
 
   Optimizer of ``w``: the paper states a learning rate (0.025) but not the
   optimizer; LibMTL and common PyTorch ports put ``w`` in the network's Adam.
@@ -109,6 +113,8 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 0.025, *,
   Cost: the K per-task gradients (K backward passes, ``K P`` memory) plus one
   norm over the masked parameters (``K |W|``).
   """
+  validation.check_number(alpha, "alpha", low=0, method="gradnorm")
+  validation.check_number(learning_rate, "learning_rate", low=0, low_open=True, method="gradnorm")
   k = validation.require_num_tasks(num_tasks, "gradnorm")
   opt = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 
@@ -121,15 +127,20 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 0.025, *,
     dtype = base.compute_dtype(task_losses)
     losses = task_losses.astype(dtype)
     weights = state.weights.astype(dtype)
-    l0 = jnp.where(state.count == 0, losses, state.initial_losses.astype(dtype))
+    losses = jnp.maximum(losses, 0.0)
+    l0 = state.initial_losses.astype(dtype)
+    l0 = jnp.where(l0 > 0, l0, losses)  # L(0): the first positive loss of each task
     norms = masked_task_norms(task_grads, mask).astype(dtype)
     g = weights * norms
-    ratio = losses / l0
-    target = jnp.mean(g) * (ratio / jnp.mean(ratio)) ** alpha
+    tilde = jnp.where(l0 > 0, losses / jnp.where(l0 > 0, l0, 1.0), 1.0)
+    mean_tilde = jnp.mean(tilde)
+    ratio = jnp.where(mean_tilde > 0, tilde / jnp.where(mean_tilde > 0, mean_tilde, 1.0), 1.0)
+    target = jnp.mean(g) * ratio ** alpha
     grad_w = jnp.sign(g - target) * norms
     step, opt_state = opt.update(grad_w, state.weights_opt, weights)
     new_w = jnp.maximum(weights + step, 0.0)
-    new_w = k * new_w / jnp.sum(new_w)
+    total = jnp.sum(new_w)
+    new_w = jnp.where(total > 0, k * new_w / jnp.where(total > 0, total, 1.0), weights)
     opt_state = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype),
                                        opt_state, state.weights_opt)
     new_state = GradNormState(optax.safe_int32_increment(state.count),

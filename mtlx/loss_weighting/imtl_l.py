@@ -46,6 +46,7 @@ def imtl_l(learning_rate: float = 0.025, *,
 
   Cost: O(K); works on the one-backward path (``mtlx.loss_weights``).
   """
+  validation.check_number(learning_rate, "learning_rate", low=0, low_open=True, method="imtl_l")
   k = validation.require_num_tasks(num_tasks, "imtl_l")
 
   def init_fn(k):

@@ -53,6 +53,9 @@ def normalize_task_scale(decay: float = 0.99, eps: float = 1e-8, *,
 
   Cost: O(K); works on the one-backward path (``mtlx.loss_weights``).
   """
+  validation.check_number(decay, "decay", low=0, high=1, high_open=True,
+                          method="normalize_task_scale")
+  validation.check_number(eps, "eps", low=0, low_open=True, method="normalize_task_scale")
   k = validation.require_num_tasks(num_tasks, "normalize_task_scale")
 
   def init_fn(k):

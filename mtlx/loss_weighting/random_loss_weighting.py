@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import optax
 
+from mtlx import validation
 from mtlx.loss_weighting import base
 
 
@@ -38,6 +39,7 @@ def random_loss_weighting(seed: int = 0) -> optax.GradientTransformationExtraArg
 
   Cost: one K-sample draw per update; works on the one-backward path.
   """
+  validation.check_number(seed, "seed", integer=True, method="random_loss_weighting")
 
   def init_fn(k):
     del k

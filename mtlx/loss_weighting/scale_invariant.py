@@ -6,14 +6,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import validation
 from mtlx.loss_weighting import base
 
 
 def positive_losses(task_losses: jax.Array, eps: float) -> jax.Array:
-  """``max(L, eps)`` for ``L >= 0``; NaN for a negative loss (its log is
-  undefined); NaN/inf propagate. Shared by the log-loss methods."""
-  clamped = jnp.maximum(task_losses, eps)
-  return jnp.where(task_losses < 0, jnp.nan, clamped)
+  """``max(L, ε)``: the floor of the log-loss methods (their ``log L`` needs ``L > 0``).
+
+  A zero, tiny or NEGATIVE finite loss (a Gaussian NLL, a loss with a constant
+  subtracted) counts as ``ε``: the weights stay finite and positive, and the task
+  gets the largest weight (``1/ε``-like), as a loss at its floor would. Shift such
+  losses to be positive for the methods' intended behaviour. NaN propagates
+  (``jnp.maximum``); ``+inf`` stays ``+inf``; either way the transform's guard
+  makes the update non-finite (:func:`mtlx.validation.guard_step`)."""
+  return jnp.maximum(task_losses, eps)
 
 
 def scale_invariant(eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
@@ -26,8 +32,10 @@ def scale_invariant(eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
   DB-MTL (Lin et al. 2023), whose gradient part is ``mtlx.db_mtl``.
 
   Args:
-    eps: ``ε``, a floor for tiny/zero losses (losses must be ``>= 0``; a
-      negative loss gives NaN weights, non-finite losses propagate).
+    eps: ``ε > 0``, the floor of the losses: a zero, tiny or negative finite
+      loss counts as ``ε`` (finite weights; see
+      :func:`mtlx.loss_weighting.scale_invariant.positive_losses`); a non-finite
+      loss gives a non-finite update.
 
   Returns:
     A stateless loss-space ``optax.GradientTransformationExtraArgs``.
@@ -37,6 +45,7 @@ def scale_invariant(eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
 
   Cost: O(K); works on the one-backward path.
   """
+  validation.check_number(eps, "eps", low=0, low_open=True, method="scale_invariant")
 
   def weight_fn(state, task_losses):
     losses = positive_losses(task_losses.astype(base.compute_dtype(task_losses)), eps)

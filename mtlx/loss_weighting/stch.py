@@ -37,7 +37,9 @@ def stch(mu: float = 1.0, warmup_steps: int = 0, eps: float = 1e-20, *,
   log losses, ``w_k = 1 / (L_k + ε)``, and the losses are averaged into ``n``
   (the official code averages over the last warm-up epoch only; here over all
   warm-up updates). With ``warmup_steps=0``, ``n = 1``. ``log w`` is formed in
-  log space, so a zero or tiny loss gives finite weights. Weights are positive;
+  log space, so a zero or tiny loss gives finite weights. A negative finite loss
+  counts as 0 (the log loss needs ``L ≥ 0``), and a nadir entry that warmed up to
+  0 counts as 1, so finite losses always give finite weights. Weights are positive;
   ``μ → 0`` approaches the (non-smooth) Tchebycheff max of the ``f_k``.
 
   Args:
@@ -55,6 +57,9 @@ def stch(mu: float = 1.0, warmup_steps: int = 0, eps: float = 1e-20, *,
 
   Cost: O(K); works on the one-backward path (``mtlx.loss_weights``).
   """
+  validation.check_number(mu, "mu", low=0, low_open=True, method="stch")
+  validation.check_number(warmup_steps, "warmup_steps", low=0, integer=True, method="stch")
+  validation.check_number(eps, "eps", low=0, low_open=True, method="stch")
   k = validation.require_num_tasks(num_tasks, "stch")
   if warmup_steps < 0:
     raise ValueError(f"warmup_steps={warmup_steps}; expected an int >= 0.")
@@ -66,10 +71,11 @@ def stch(mu: float = 1.0, warmup_steps: int = 0, eps: float = 1e-20, *,
 
   def weight_fn(state, task_losses):
     dtype = base.compute_dtype(task_losses)
-    losses = task_losses.astype(dtype)
+    losses = jnp.maximum(task_losses.astype(dtype), 0.0)  # negative -> 0 (documented)
     warming = state.count < warmup_steps
     if warmup_steps > 0:
       nadir = state.loss_sum.astype(dtype) / warmup_steps
+      nadir = jnp.where(nadir > 0, nadir, jnp.ones_like(nadir))  # all-zero warm-up
     else:
       nadir = jnp.ones((k,), dtype)
     f = jnp.log(losses / nadir + eps)

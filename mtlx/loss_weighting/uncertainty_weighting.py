@@ -53,6 +53,8 @@ def uncertainty_weighting(learning_rate: float = 0.025, *,
 
   Cost: O(K); works on the one-backward path (``mtlx.loss_weights``).
   """
+  validation.check_number(learning_rate, "learning_rate", low=0, low_open=True,
+                          method="uncertainty_weighting")
   k = validation.require_num_tasks(num_tasks, "uncertainty_weighting")
 
   def init_fn(k):

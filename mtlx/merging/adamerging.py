@@ -66,8 +66,13 @@ def _learn(base, finetuned, loss_fn, data, init_coeffs, optimizer, num_steps, cl
       return raw
     return jax.tree_util.tree_map(lambda c: jnp.clip(c, clip[0], clip[1]), raw)
 
+  # Coefficients are learned on the finite entries of the task vectors: a NaN/inf
+  # entry of one fine-tuned model would otherwise make every loss, gradient and
+  # coefficient NaN; it stays non-finite in the final merge, at its position only.
+  tau_learn = jax.tree_util.tree_map(lambda t: jnp.where(jnp.isfinite(t), t, 0.0), tau)
+
   def objective(raw, batch):
-    merged = merge_with_coefficients(base, tau, effective(raw))
+    merged = merge_with_coefficients(base, tau_learn, effective(raw))
     return loss_fn(merged) if batch is None else loss_fn(merged, batch)
 
   def step(carry, i):
@@ -75,8 +80,12 @@ def _learn(base, finetuned, loss_fn, data, init_coeffs, optimizer, num_steps, cl
     batch = None if data is None else jax.tree_util.tree_map(
         lambda x: x[i % num_batches], data)
     loss, grads = jax.value_and_grad(objective)(raw, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, raw)
-    return (optax.apply_updates(raw, updates), opt_state), loss
+    updates, new_opt_state = optimizer.update(grads, opt_state, raw)
+    new_raw = optax.apply_updates(raw, updates)
+    # a step with a non-finite loss or gradient (a bad batch) is skipped
+    new_raw, new_opt_state = validation.guard_step(
+        None, (new_raw, new_opt_state), (raw, opt_state), loss, grads)[1]
+    return (new_raw, new_opt_state), loss
 
   (raw, _), _ = lax.scan(step, (init_coeffs, optimizer.init(init_coeffs)),
                          jnp.arange(num_steps))
@@ -119,6 +128,11 @@ def adamerging(base: PyTree, finetuned: Sequence[PyTree],
     num_steps: optimizer steps, default 500 (the paper's).
     clip: the coefficients are clipped to this range in the forward pass (as
       the reference code's ``clamp(λ, 0, 1)``); ``None`` disables.
+
+  Non-finite inputs: the coefficients are learned on the finite entries of the
+  task vectors, and a step whose loss or gradient is non-finite is skipped, so a
+  NaN/inf entry of one fine-tuned model stays non-finite at its own position in
+  the merge and does not spread (the same holds for :func:`atlas`).
 
   Returns:
     ``(merged_params, coefficients)``: coefficients ``[K]`` (task-wise) or a

@@ -62,7 +62,8 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], drop_small: Any = 0.8
     ``drop_small = drop_large = 0`` it is task arithmetic.
 
   Raises:
-    ValueError: on structure/shape mismatch or fractions outside [0, 1].
+    ValueError: on structure/shape mismatch, fractions outside [0, 1], or
+      ``drop_small + drop_large > 1``.
 
   Reference: M. Davari and E. Belilovsky, "Model Breadcrumbs: Scaling Multi-Task
   Model Merging with Sparse Masks", ECCV 2024.
@@ -72,6 +73,11 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], drop_small: Any = 0.8
   """
   _common.check_fraction(drop_small, "drop_small")
   _common.check_fraction(drop_large, "drop_large")
+  if (isinstance(drop_small, (int, float)) and isinstance(drop_large, (int, float))
+      and drop_small + drop_large > 1):  # traced fractions are not checked
+    raise ValueError(f"breadcrumbs: drop_small={drop_small!r} + drop_large={drop_large!r} "
+                     "> 1 drops every entry (the merge would be the base); expected "
+                     "drop_small + drop_large <= 1.")
   tau = _common.stack_task_vectors(base, finetuned)
   masks = breadcrumbs_masks(tau, drop_small, drop_large)
   masked = jax.tree_util.tree_map(lambda t, m: t * m.astype(t.dtype), tau, masks)

@@ -15,7 +15,10 @@ PyTree = Any
 
 
 def _cosine(gram):
-  return jacobian.cosines(gram)
+  n = jnp.sqrt(jnp.diag(gram))
+  denom = n[:, None] * n[None, :]
+  zero = denom == 0  # a zero task vector has no direction: cosine 0
+  return jnp.where(zero, 0.0, gram / jnp.where(zero, 1.0, denom))
 
 
 def cosine_similarity(base: PyTree, finetuned: Sequence[PyTree],
@@ -32,14 +35,20 @@ def cosine_similarity(base: PyTree, finetuned: Sequence[PyTree],
       matrix over the whole model.
 
   Returns:
-    ``[K, K]`` matrices (``nan`` where a task vector is zero on that layer).
+    ``[K, K]`` matrices; 0 where a task vector is zero on that layer (no
+    direction); finite for finite inputs at any float32 scale.
 
   Cost: ``K² P`` multiply-adds (a per-leaf Gramian, as ``mtlx.gramian``).
   """
   tau = _common.stack_task_vectors(base, finetuned)
+  # Divide by the largest |τ| first (cosines are scale-free): no float32
+  # underflow/overflow of the Gramian for task vectors of size 1e-30 or 1e25.
+  scale = jnp.max(jnp.stack([jnp.max(jnp.where(jnp.isfinite(t), jnp.abs(t), 0.0))
+                             for t in jax.tree_util.tree_leaves(tau)]))
+  scale = jnp.where(scale > 0, scale, 1.0)
 
   def gram(t):
-    f = t.reshape(t.shape[0], -1)
+    f = t.reshape(t.shape[0], -1) / scale
     return f @ f.T
 
   if per_layer:
@@ -75,5 +84,13 @@ def normalized_accuracy(merged_accuracy: Any, finetuned_accuracy: Any) -> jax.Ar
 
   The metric of the TIES, TALL-masks and AdaMerging papers (average it over
   tasks for one number). Arrays of shape ``[K]``; 1 means no loss from merging.
+
+  Raises:
+    ValueError: if the two are not 1-D vectors of the same length K.
   """
-  return jnp.asarray(merged_accuracy) / jnp.asarray(finetuned_accuracy)
+  merged, finetuned = jnp.asarray(merged_accuracy), jnp.asarray(finetuned_accuracy)
+  if merged.ndim != 1 or merged.shape != finetuned.shape:
+    raise ValueError(f"normalized_accuracy: merged_accuracy has shape {merged.shape} and "
+                     f"finetuned_accuracy has shape {finetuned.shape}; expected two [K] "
+                     "vectors of the same length (one accuracy per task).")
+  return merged / finetuned

@@ -114,7 +114,8 @@ def consensus(base: PyTree, finetuned: Sequence[PyTree], k: Any = 2,
     The merged params, shaped and typed like ``base``.
 
   Raises:
-    ValueError: on structure/shape mismatch or an unknown ``merge``.
+    ValueError: on structure/shape mismatch, an unknown ``merge``, or ``k``
+      outside ``0..K`` (``k > K`` would keep nothing and silently return the base).
 
   Reference: K. Wang, N. Dimitriadis et al., "Localizing Task Information for
   Improved Model Merging and Compression", ICML 2024 (Consensus Merging).
@@ -122,6 +123,9 @@ def consensus(base: PyTree, finetuned: Sequence[PyTree], k: Any = 2,
   Cost: ``O(K P)`` elementwise (plus the TIES quantile for ``merge="ties"``).
   """
   validation.check_choice(merge, MERGES, "merge")
+  if isinstance(k, (int, float)):  # a traced k is not checked
+    validation.check_number(k, "k", low=0, high=len(finetuned), integer=True,
+                            method="consensus (k tasks of K = len(finetuned))")
   tau = _common.stack_task_vectors(base, finetuned)
   if merge == "task_arithmetic":
     mtl = jax.tree_util.tree_map(lambda t: jnp.sum(t, 0), tau)

@@ -377,55 +377,8 @@ def abstract_with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _is_key(x) -> bool:
-  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def save_checkpoint(path: str | os.PathLike, state: PyTree) -> None:
-  """Saves a (sharded) pytree of arrays with orbax; every host writes its shards.
-
-  Typed PRNG keys (randomised methods keep one in their state) are stored as their
-  ``key_data``. Blocks until written. ``path`` must not exist yet (orbax's rule).
-  """
-  import orbax.checkpoint as ocp
-  state = jax.tree_util.tree_map(lambda x: jax.random.key_data(x) if _is_key(x) else x,
-                                 state)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(path), state)
-    ckptr.wait_until_finished()
-
-
-def restore_checkpoint(path: str | os.PathLike, like: PyTree, shardings: PyTree) -> PyTree:
-  """Restores a checkpoint written by :func:`save_checkpoint` onto ``shardings``.
-
-  The mesh may differ from the one it was saved on (e.g. 4×2 -> 1 device or 2×4):
-  orbax reads each device's slice of every array directly.
-
-  Args:
-    path: the checkpoint directory.
-    like: a pytree with the saved structure, shapes and dtypes (arrays or
-      ``jax.ShapeDtypeStruct`` s, e.g. from ``jax.eval_shape``). Typed PRNG key
-      leaves must be concrete keys (their implementation is read from them) or
-      ShapeDtypeStructs of the default implementation.
-    shardings: the target ``NamedSharding`` per leaf (same structure as ``like``).
-  """
-  import orbax.checkpoint as ocp
-
-  def target(x, s):
-    if _is_key(x):
-      data = jax.eval_shape(jax.random.key_data, x)
-      return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=s)
-    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
-
-  def rewrap(x, restored):
-    if not _is_key(x):
-      return restored
-    impl = jax.random.key_impl(x) if isinstance(x, jax.Array) else None
-    return jax.random.wrap_key_data(restored, impl=impl)
-
-  with ocp.StandardCheckpointer() as ckptr:
-    out = ckptr.restore(os.path.abspath(path), jax.tree_util.tree_map(target, like, shardings))
-  return jax.tree_util.tree_map(rewrap, like, out)
+# save_checkpoint / restore_checkpoint live in mtlx/train/checkpoint.py (one place for
+# checkpointing); re-exported at the end of this module.
 
 
 # ----------------------------------------------------------------------------- hosts
@@ -544,3 +497,8 @@ def global_eval_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
       lambda x: jax.make_array_from_callback(np.shape(x), rep,
                                              lambda idx, x=np.asarray(x): x[idx]),
       local_batch)
+# Checkpointing lives in one place (mtlx.train.checkpoint); the names stay importable
+# from here. Imported last: mtlx.train imports this module.
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from mtlx.train.checkpoint import restore_checkpoint  # noqa: E402
+from mtlx.train.checkpoint import save_checkpoint  # noqa: E402

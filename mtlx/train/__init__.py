@@ -3,6 +3,7 @@
 ``experiments/train.py`` is the readable loop built on them.
 """
 
+from mtlx.train.checkpoint import CheckpointSaveError
 from mtlx.train.checkpoint import Checkpointer
 from mtlx.train.losses import task_loss
 from mtlx.train.losses import task_losses
@@ -28,7 +29,7 @@ from mtlx.train.writer import MetricWriter
 from mtlx.train.writer import read_jsonl
 
 __all__ = [
-    "Checkpointer", "ENGINES", "MetricWriter", "PATHS", "Representation", "Step",
+    "CheckpointSaveError", "Checkpointer", "ENGINES", "MetricWriter", "PATHS", "Representation", "Step",
     "TrainState", "Trainer", "build_mto", "check_engine", "check_method_names",
     "choose_engine", "cosine_matrix", "engine_reasons", "finalize_eval", "gramian_coverage",
     "make_optimizer", "make_step", "make_trainer", "read_jsonl", "span_weights", "task_loss",

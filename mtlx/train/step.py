@@ -61,6 +61,7 @@ from mtlx.aggregators.gramian_weighting import CrossGramianWeighting
 from mtlx.aggregators.gramian_weighting import GramianWeighting
 from mtlx.loss_weighting.base import LossWeighting
 from mtlx.loss_weighting.base import scale_rows
+from mtlx import validation
 from mtlx.train import losses as losses_lib
 from mtlx import metrics as metrics_lib
 
@@ -224,6 +225,11 @@ def make_optimizer(name: str, learning_rate: float, *, schedule: str = "constant
   ``schedule``: ``constant``, ``cosine`` (to 0 at ``num_steps``), ``warmup_cosine``;
   ``grad_clip > 0`` clips the global norm first.
   """
+  validation.check_number(learning_rate, "config.learning_rate", low=0, low_open=True)
+  validation.check_number(weight_decay, "config.weight_decay", low=0)
+  validation.check_number(momentum, "config.momentum", low=0, high=1, high_open=True)
+  validation.check_number(grad_clip, "config.grad_clip", low=0)
+  validation.check_number(warmup_steps, "config.warmup_steps", low=0, integer=True)
   schedules = ("constant", "cosine", "warmup_cosine")
   if schedule == "constant":
     lr = learning_rate
