@@ -74,6 +74,8 @@ class Method(NamedTuple):
         accepted ones.
     """
     kwargs = dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else (kwargs or {}))
+    if self.takes_num_tasks and "num_tasks" in kwargs:  # num_tasks= passed as a keyword
+      num_tasks = kwargs.pop("num_tasks")
     accepted = self.accepted()
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:

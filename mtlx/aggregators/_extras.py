@@ -49,7 +49,8 @@ def fixed_weighting(weights_for: Callable[[int], jax.Array], *,
     k = validation.num_tasks(task_grads)
     return jacobian.combine(weights_for(k), task_grads), state
 
-  return GramianWeighting(init_fn, update_fn, lambda gramian: weights_for(gramian.shape[0]),
+  return GramianWeighting(init_fn, validation.guarded_update(update_fn, name),
+                          lambda gramian: weights_for(gramian.shape[0]),
                           name=name, needs_gramian=False)
 
 
