@@ -58,7 +58,8 @@ def gramian_weighting(
     weighting: Callable[..., Any], *,
     init: Callable[[int | None], Any] | None = None,
     num_tasks: int | None = None,
-    name: str | None = None) -> optax.GradientTransformationExtraArgs:
+    name: str | None = None,
+    scale_invariant: bool = False) -> optax.GradientTransformationExtraArgs:
   """Wraps a weighting ``w = f(G)`` of the Gramian as an optax transform.
 
   .. math::  G = J J^T \\in R^{K×K},\\quad w = f(G),\\quad d = w^T J = \\sum_k w_k g_k
@@ -78,6 +79,13 @@ def gramian_weighting(
     num_tasks: K, when the state is sized by the number of tasks; an update with
       another K raises a ``ValueError`` that names both.
     name: the method's name for error messages.
+    scale_invariant: declare ``f(c² G) = f(G)`` for every ``c > 0`` (weights
+      that do not depend on the scale of the rows: UPGrad, MGDA, DualProj,
+      IMTL-G, CAGrad, PCGrad, Krum, the mean ...). ``f`` then reads
+      ``Ĝ = (J/s)(J/s)ᵀ`` with ``s`` the largest entry of ``J``
+      (:func:`mtlx.jacobian.normalized_gramian`), which neither underflows nor
+      overflows in float32, so the method is scale-linear over the whole
+      float32 range and finite rows never give NaN.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update(task_grads, state,
@@ -97,6 +105,8 @@ def gramian_weighting(
   label = name or getattr(weighting, "__name__", "gramian_weighting")
 
   def gramian_of(task_grads, extra):
+    if scale_invariant:
+      return jacobian.normalized_gramian(task_grads)[0], task_grads, extra
     return jacobian.gramian(task_grads), task_grads, extra
 
   return _matrix_weighting(weighting, gramian_of, init, num_tasks, label)
