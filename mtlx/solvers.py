@@ -384,8 +384,17 @@ def simplex_qp(q_mat: jax.Array, q: jax.Array | None = None, *,
     z = solve(jnp.stack([mf, -q * mf], axis=-1))
     z1, z2 = z[..., 0] * mf, z[..., 1] * mf
     den = jnp.sum(z1, -1, keepdims=True)
-    nu = (1.0 - jnp.sum(z2, -1, keepdims=True)) / jnp.where(den != 0, den, 1.0)
+    den = jnp.where(den != 0, den, 1.0)
+    nu = (1.0 - jnp.sum(z2, -1, keepdims=True)) / den
     w = z2 + nu * z1
+    # Iterative refinement on the bordered KKT system [Q_FF -1; 1ᵀ 0], which is
+    # non-singular even where Q_FF is not (e.g. 0 in the hull).
+    for _ in range(2):
+      r1 = -(q + w @ q_mat - nu) * mf
+      r2 = 1.0 - jnp.sum(w, -1, keepdims=True)
+      zr = solve(r1) * mf
+      dnu = (r2 - jnp.sum(zr, -1, keepdims=True)) / den
+      w, nu = w + zr + dnu * z1, nu + dnu
     y = w @ q_mat + q - nu
     return w, y
 
