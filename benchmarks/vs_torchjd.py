@@ -248,6 +248,42 @@ def time_torch(step, repeats):
   return statistics.median(ts)
 
 
+# ----------------------------------------------------------------------------- solvers alone
+
+def solver_rows(ks, repeats, skip):
+  """The weighting alone on a K×K float32 Gramian (rows: a shared component
+  plus noise, P = 2K + 50, so some pairs conflict): mtlx's batched exact QPs
+  vs TorchJD's Weightings (quadprog, one QP per task)."""
+  rows = []
+  for k in ks:
+    rng = np.random.default_rng(k)
+    jac = (rng.normal(size=(k, 2 * k + 50)) + rng.normal(size=(1, 2 * k + 50))).astype(np.float32)
+    g = jac @ jac.T
+    for method, fn in (("upgrad", weightings.upgrad), ("dualproj", weightings.dualproj),
+                       ("mgda", weightings.mgda)):
+      f = jax.jit(fn)
+      gj = jnp.asarray(g)
+      jax.block_until_ready(f(gj))
+      ts = []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(gj))
+        ts.append(time.perf_counter() - t0)
+      tj = statistics.median(ts) * 1e3
+      tt = float("nan")
+      if not skip:
+        import torch
+        from torchjd import aggregation as agg
+        w_fn = {"upgrad": agg.UPGradWeighting, "dualproj": agg.DualProjWeighting,
+                "mgda": agg.MGDAWeighting}[method]()
+        gt = torch.from_numpy(g)
+        tt = time_torch(lambda: w_fn(gt), repeats) * 1e3
+      rows.append(f"| weights only | {k} | {method} | G → w | {tj:.3f} | "
+                  f"{'—' if tt != tt else f'{tt:.3f}'} | {'—' if tt != tt else f'{tt / tj:.2f}'} |")
+      print(rows[-1], flush=True)
+  return rows
+
+
 # ----------------------------------------------------------------------------- driver
 
 def data_for(name, rng):
@@ -264,6 +300,8 @@ def main():
   ap.add_argument("--repeats", type=int, default=10)
   ap.add_argument("--threads", type=int, default=os.cpu_count())
   ap.add_argument("--out", default=None)
+  ap.add_argument("--solver-ks", default="32,128,256",
+                  help="K of the weights-only rows (empty: none)")
   args = ap.parse_args()
   skip = torch_available()
   if skip:
@@ -279,8 +317,10 @@ def main():
            "| model | K | method | path | mtlx ms | TorchJD ms | TorchJD/mtlx |",
            "|---|---|---|---|---|---|---|"]
   print("\n".join(lines), flush=True)
+  if args.solver_ks:
+    lines += solver_rows([int(v) for v in args.solver_ks.split(",")], args.repeats, skip)
   rng = np.random.default_rng(0)
-  for name in args.models.split(","):
+  for name in [m for m in args.models.split(",") if m]:
     for k in [int(v) for v in args.ks.split(",")]:
       x, y = data_for(name, rng)
       y = y[:, :k]
