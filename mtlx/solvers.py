@@ -84,7 +84,8 @@ def _fista(q_mat, q, x0, project, num_iters, lipschitz):
   return x
 
 
-#: Exact active-set solvers (batched Cholesky face solves) up to this K; above
+#: Exact active-set solvers (batched Cholesky face solves) up to this K (and
+#: single QPs up to ``K = DIRECT_MAX_K^(4/3)`` = 256, see :func:`_direct`); above
 #: it the batched QPs are solved by ADMM on one eigendecomposition of ``Q``
 #: (XLA:CPU factorises a batch of large matrices one at a time: a batch of 128
 #: Cholesky factorisations of 128×128 takes ~45 ms, of 256×256 over a second).
@@ -312,6 +313,14 @@ def _batched(q):
   return (q[None], lambda x: x[0]) if q.ndim == 1 else (q, lambda x: x)
 
 
+def _direct(m, k):
+  """Whether the exact active-set path is used for ``m`` problems of size ``k``:
+  ``K ≤ DIRECT_MAX_K``, or a batch whose factorisations cost no more than
+  those of ``DIRECT_MAX_K`` problems of that size (``m K³ ≤ DIRECT_MAX_K⁴``:
+  a single QP up to K = 256)."""
+  return k <= DIRECT_MAX_K or m * k ** 3 <= DIRECT_MAX_K ** 4
+
+
 def simplex_qp(q_mat: jax.Array, q: jax.Array | None = None, *,
                num_iters: int = 0, num_refine: int | None = None,
                init: jax.Array | None = None,
@@ -372,7 +381,7 @@ def simplex_qp(q_mat: jax.Array, q: jax.Array | None = None, *,
   cap = k + QP_REFINE if num_refine is None else num_refine
   if cap == 0:
     return unbatch(w)
-  if k > DIRECT_MAX_K:
+  if not _direct(m, k):
     w0 = w if num_iters > 0 else jnp.full((m, k), 1.0 / k, dtype)
     return unbatch(_admm(q_mat, q, w0, project_simplex, ADMM_ITERS))
 
@@ -445,7 +454,7 @@ def nonneg_qp(q_mat: jax.Array, q: jax.Array, *, num_iters: int = 0,
   cap = k + QP_REFINE if num_refine is None else num_refine
   if cap == 0:
     return unbatch(x)
-  if k > DIRECT_MAX_K:
+  if not _direct(q.shape[0], k):
     return unbatch(_admm(q_mat, q, x, lambda v: jnp.maximum(v, 0.0), ADMM_ITERS))
 
   def face_min(free):

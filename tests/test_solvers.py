@@ -117,9 +117,11 @@ def test_k256_float32_cagrad_solves_its_simplex_qp():
   d = testing.aggregate(mtlx.cagrad(0.1), jac)
   assert np.all(np.isfinite(d))
   testing.assert_non_conflicting(mtlx.cagrad(0.1), jac, rtol=1e-4)
-  # The simplex QP itself at K = 256 (ADMM path): near the min-norm point.
+  # The simplex QP itself at K = 256: one problem (exact active set) and a batch
+  # of two (ADMM path): both near the min-norm point.
   g = jnp.asarray(jac.astype(np.float64) @ jac.T.astype(np.float64), jnp.float32)
-  w = np.asarray(solvers.simplex_qp(g))
-  assert abs(w.sum() - 1) < 1e-5 and w.min() >= 0
-  dm = w @ jac
-  assert np.all(jac @ dm >= -1e-4 * np.linalg.norm(jac, axis=1).max() ** 2)
+  for w in (np.asarray(solvers.simplex_qp(g)),
+            np.asarray(solvers.simplex_qp(g, jnp.zeros((2, 256), jnp.float32)))[1]):
+    assert abs(w.sum() - 1) < 1e-5 and w.min() >= 0
+    dm = w @ jac
+    assert np.all(jac @ dm >= -1e-4 * np.linalg.norm(jac, axis=1).max() ** 2)
