@@ -288,8 +288,8 @@ def solver_rows(ks, repeats, skip):
 
 def data_for(name, rng):
   if name == "mlp":
-    return rng.normal(size=(256, 784)).astype(np.float32), rng.integers(0, CLASSES, (256, 64))
-  return rng.normal(size=(64, 28, 28, 1)).astype(np.float32), rng.integers(0, CLASSES, (64, 64))
+    return rng.normal(size=(256, 784)).astype(np.float32), rng.integers(0, CLASSES, (256, 256))
+  return rng.normal(size=(64, 28, 28, 1)).astype(np.float32), rng.integers(0, CLASSES, (64, 256))
 
 
 def main():
