@@ -9,11 +9,14 @@ sharding.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from mtlx import validation
 
@@ -143,10 +146,13 @@ def cross_gramian(task_grads_1: PyTree, task_grads_2: PyTree) -> jax.Array:
 def gramian(task_grads: PyTree) -> jax.Array:
   """The Gramian ``G = J Jᵀ`` (``[K, K]``, ``G_{kl} = ⟨g_k, g_l⟩``) of per-task grads.
 
-  Computed as a sum over leaves of one ``dot_general`` per leaf, never by
-  flattening the model, so for sharded ``task_grads`` XLA contracts each shard
-  locally and all-reduces only the ``K × K`` result. Accumulates in float32 for
-  bf16/f16 leaves (float64 stays float64).
+  Computed as a sum over leaves of one ``dot_general`` per leaf (each leaf's
+  trailing axes contracted in place, never reshaped or copied into a ``K × P``
+  matrix, never flattening the model), so for sharded ``task_grads`` XLA
+  contracts each shard locally and all-reduces only the ``K × K`` result.
+  float32 leaves accumulate in float32 (no upcast), bf16/f16 leaves in float32,
+  float64 in float64. The result is symmetrised (``(G + Gᵀ)/2``, exact up to
+  the last bit) so that solvers may rely on ``G = Gᵀ``.
 
   Raises:
     ValueError: if the leaves disagree on their leading K.
@@ -156,7 +162,67 @@ def gramian(task_grads: PyTree) -> jax.Array:
   validation.num_tasks(task_grads)
   parts = jax.tree_util.tree_leaves(
       jax.tree_util.tree_map(lambda g: _contract_rows(g, g), task_grads))
-  return sum(parts[1:], parts[0])
+  g = sum(parts[1:], parts[0])
+  return 0.5 * (g + g.T)
+
+
+def _power_of_two_scale(amax: jax.Array) -> jax.Array:
+  """``2^e`` with ``2^(e-1) ≤ amax < 2^e`` (1 for zero); NaN/inf pass through."""
+  _, e = jnp.frexp(jnp.where(amax > 0, amax, jnp.ones_like(amax)))
+  s = jnp.ldexp(jnp.ones_like(amax), e)
+  return jnp.where(jnp.isfinite(amax), s, amax)
+
+
+def gradient_scale(task_grads: PyTree) -> jax.Array:
+  """``s = 2^⌈log₂ max|J|⌉``: the power of two just above the largest entry of
+  every task gradient (1 if all are zero; NaN/inf if an entry is). One max-abs
+  reduction per leaf (local on every shard), then a max over leaves."""
+  amaxes = [jnp.max(jnp.abs(g)).astype(_accumulation_dtype(g.dtype))
+            for g in jax.tree_util.tree_leaves(task_grads)]
+  amax = functools.reduce(jnp.maximum, amaxes[1:], amaxes[0])
+  return _power_of_two_scale(amax)
+
+
+def normalized_gramian(task_grads: PyTree) -> tuple[jax.Array, jax.Array]:
+  """The Gramian of the rows divided by their largest entry: ``(Ĝ, s)`` with
+  ``Ĝ = (J/s)(J/s)ᵀ`` and ``G = s² Ĝ``.
+
+  ``s`` is :func:`gradient_scale` (a power of two, so dividing by it is exact).
+  Every entry of ``J/s`` is at most 1, so ``Ĝ`` neither underflows nor
+  overflows in float32 for any finite ``J`` (``Ĝ_kk ≤ P``), while ``J Jᵀ``
+  underflows to 0 for rows of size ``1e-20`` and overflows for ``1e20``.
+  Weightings that are invariant to the scale of the rows (UPGrad, MGDA,
+  DualProj, IMTL-G, CAGrad, PCGrad, Krum, ...) read ``Ĝ``
+  (``mtlx.gramian_weighting(fn, scale_invariant=True)``) and are then
+  scale-linear over the whole float32 range.
+
+  When ``s`` is in the range where ``G`` itself is safe (``√(tiny/ε) ≤ s`` and
+  ``P s² ≤ max/4``; every ordinary gradient) this is ``gramian(task_grads) /
+  s²`` (one contraction); otherwise the leaves are divided by ``s`` before
+  the contraction (``lax.cond``: the extra ``K × P`` pass is paid only then).
+  Non-finite entries give a non-finite ``Ĝ``.
+
+  Cost: one max-abs pass over ``J`` (``K P`` reads) and the Gramian.
+  """
+  validation.num_tasks(task_grads)
+  s = gradient_scale(task_grads)
+  leaves = jax.tree_util.tree_leaves(task_grads)
+  acc = _accumulation_dtype(*[g.dtype for g in leaves])
+  info = jnp.finfo(acc)
+  p = sum(math.prod(g.shape[1:]) for g in leaves)
+  low = float(np.sqrt(info.tiny / info.eps))
+  high = float(np.sqrt(float(info.max) / 4.0 / max(p, 1)))
+  safe = (s >= low) & (s <= high)
+
+  def direct(_):
+    return gramian(task_grads) / (s * s)
+
+  def rescaled(_):
+    inv = jnp.where(jnp.isfinite(s), 1.0 / s, s)
+    return gramian(jax.tree_util.tree_map(lambda g: g * inv.astype(g.dtype), task_grads))
+
+  g_hat = lax.cond(safe | ~jnp.isfinite(s), direct, rescaled, None)
+  return g_hat, s
 
 
 def combine(weights: jax.Array, task_grads: PyTree) -> PyTree:

@@ -84,58 +84,222 @@ def _fista(q_mat, q, x0, project, num_iters, lipschitz):
   return x
 
 
-def _masked_solve(a, b, ridge_block):
-  """Solves ``a x = b`` with a small ridge on the PSD block (the rows marked by
-  ``ridge_block``) so faces with duplicated gradients stay solvable, followed by
-  one step of iterative refinement against the unregularised ``a`` (the ridge's
-  bias drops to second order). LU factorisation: cheap and batchable."""
-  k = a.shape[-1]
-  ridge = jnp.sqrt(jnp.finfo(a.dtype).eps) * 1e-2 * k
-  lu = jax.scipy.linalg.lu_factor(a + jnp.diag(ridge * ridge_block.astype(a.dtype)))
-  x = jax.scipy.linalg.lu_solve(lu, b)
-  return x + jax.scipy.linalg.lu_solve(lu, b - a @ x)
+#: Exact active-set solvers (batched Cholesky face solves) up to this K (and
+#: single QPs up to ``K = DIRECT_MAX_K^(4/3)`` = 256, see :func:`_direct`); above
+#: it the batched QPs are solved by ADMM on one eigendecomposition of ``Q``
+#: (XLA:CPU factorises a batch of large matrices one at a time: a batch of 128
+#: Cholesky factorisations of 128×128 takes ~45 ms, of 256×256 over a second).
+DIRECT_MAX_K = 64
+#: Block-principal-pivoting iterations before the monotone active-set phase.
+PIVOT_ITERS = 6
+#: ADMM iterations of the large-K solvers (``K > DIRECT_MAX_K``) and how often
+#: the penalty is re-balanced.
+ADMM_ITERS = 200
+ADMM_RHO_EVERY = 20
 
 
-def _refine(q_mat, q, w, face_min, num_refine, simplex):
-  """Primal active-set iterations (Lawson & Hanson 1974 for NNLS; Wolfe 1976 for
-  the min-norm point) warm-started from the support of ``w``.
+def _ridge(dtype, k):
+  """The ridge on the face block of a scaled (``tr Q = K``) PSD system."""
+  return jnp.sqrt(jnp.finfo(dtype).eps) * 1e-2 * k
 
-  Each iteration minimises exactly on the face of the current free set ``S``. If
-  that minimiser is feasible it is taken and the most violated KKT condition
-  outside ``S`` (gradient below the multiplier by more than ``64 ε (1 +
-  max|∇|)``) enters ``S``; otherwise the iterate moves towards it until
-  coordinates hit zero, and those leave ``S``. A move is kept only if the
-  objective does not rise by more than ``16 ε (|f| + 1)``. Terminates (stays put)
-  at a KKT point; ``num_refine`` bounds the iterations.
+
+def _face_solver(q_mat, masks):
+  """Solver of the batch of face systems ``A_m z = b`` with
+  ``A_m = M Q M + (I - M)`` (``M = diag(mask_m)``), one per row of ``masks``:
+  a Cholesky factorisation of ``A_m + δ M`` (``δ = 0.01 K √ε`` keeps faces with
+  duplicated or zero gradients factorisable) and two steps of iterative
+  refinement against the unregularised ``A_m`` (the ridge's bias drops to
+  third order). Returns ``solve(b) -> z`` for ``b`` of shape ``[M, K]`` or
+  ``[M, K, R]``.
   """
-  eps = jnp.finfo(w.dtype).eps
+  k = q_mat.shape[-1]
+  dtype = q_mat.dtype
+  m = masks.astype(dtype)
 
-  def body(_, carry):
-    w, free = carry
-    target = face_min(free)
+  def apply(z):  # A_m z, batched: z [M, K, R]
+    return m[..., None] * jnp.einsum("kl,mlr->mkr", q_mat, m[..., None] * z) + (1 - m)[..., None] * z
+
+  a = q_mat[None] * m[:, :, None] * m[:, None, :] + jax.vmap(jnp.diag)(1.0 - m)
+  chol = jnp.linalg.cholesky(a + jax.vmap(jnp.diag)(_ridge(dtype, k) * m))
+  sol = jax.vmap(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r))
+
+  def solve3(b):
+    z = sol(chol, b)
+    for _ in range(2):
+      z = z + sol(chol, b - apply(z))
+    return z
+
+  def solve(b):
+    return solve3(b[..., None])[..., 0] if b.ndim == 2 else solve3(b)
+
+  return solve
+
+
+def _admm(q_mat, q, x0, project, num_iters):
+  """ADMM (Boyd et al. 2011, §5; OSQP's splitting, Stellato et al. 2020) for
+  ``min ½xᵀQx + qᵀx`` over a set with a cheap projection, all rows of ``q``
+  at once: ``x ← (Q + ρI)⁻¹(ρ(z - u) - q)``, over-relaxation 1.6,
+  ``z ← Π(x̂ + u)``, ``u ← u + x̂ - z``. One eigendecomposition of ``Q``
+  serves every ``ρ``: ``(Q + ρI)⁻¹ = V diag(1/(λ+ρ)) Vᵀ``; ``ρ`` starts at
+  ``tr(Q)/K = 1`` and every ``ADMM_RHO_EVERY`` iterations is multiplied by
+  ``√(‖r_primal‖/‖r_dual‖)`` (clipped to [1e-6, 1e6]). Returns ``z``
+  (feasible). Each iteration: one ``[K,K] × [K,M]`` product."""
+  lam, vecs = jnp.linalg.eigh(q_mat)
+  lam = jnp.maximum(lam, 0.0)
+
+  def inverse(rho):
+    return (vecs / (lam + rho)) @ vecs.T
+
+  def block(carry, _):
+    z, u, rho = carry
+    h = inverse(rho)
+
+    def step(c, _):
+      z, u, _, _ = c
+      x = (rho * (z - u) - q) @ h
+      xh = 1.6 * x + (1 - 1.6) * z
+      z_new = project(xh + u)
+      u = u + xh - z_new
+      return (z_new, u, x - z_new, z_new - z), None
+
+    (z, u, r_p, dz), _ = jax.lax.scan(step, (z, u, z, z), None, length=ADMM_RHO_EVERY)
+    rp = jnp.linalg.norm(r_p)
+    rd = rho * jnp.linalg.norm(dz)
+    ratio = jnp.where((rp > 0) & (rd > 0), jnp.sqrt(rp / jnp.where(rd > 0, rd, 1.0)), 1.0)
+    rho_new = jnp.clip(rho * ratio, 1e-6, 1e6)
+    u = u * (rho / rho_new)
+    return (z, u, rho_new.astype(rho.dtype)), None
+
+  rho = jnp.ones((), q_mat.dtype)
+  n_blocks = max(1, num_iters // ADMM_RHO_EVERY)
+  (z, _, _), _ = jax.lax.scan(block, (x0, jnp.zeros_like(x0), rho), None, length=n_blocks)
+  return z
+
+
+def _primal_active_set(q_mat, q, w, face_min, max_iters, simplex):
+  """Monotone primal active-set iterations (Lawson & Hanson 1974 for NNLS;
+  Wolfe 1976 for the min-norm point), all rows at once, from the feasible
+  ``w``. Each iteration minimises exactly on the face of the free set ``S``
+  (``face_min``). If that minimiser is feasible it is taken and the most
+  violated KKT condition outside ``S`` (gradient below the multiplier by more
+  than ``64 ε (1 + max|∇|)``) enters ``S``; otherwise the iterate moves towards
+  it until coordinates hit zero, and those leave ``S``. A move is kept only if
+  the objective does not rise by more than ``16 ε (|f| + 1)``. Stops when every
+  row is at a KKT point, or after ``max_iters`` face solves."""
+  eps = jnp.finfo(w.dtype).eps
+  k = w.shape[-1]
+  quad = lambda v: 0.5 * jnp.sum((v @ q_mat) * v, -1) + jnp.sum(q * v, -1)
+
+  def body(c):
+    i, w, free, _ = c
+    target, _ = face_min(free)
     d = target - w
-    feasible = jnp.all(jnp.where(free, target >= 0, True))
+    feasible = jnp.all(jnp.where(free, target >= 0, True), -1, keepdims=True)
     neg = free & (d < 0)
     ratios = jnp.where(neg, w / jnp.where(neg, -d, 1.0), jnp.inf)
-    tau = jnp.where(feasible, 1.0, jnp.minimum(1.0, jnp.min(ratios)))
+    tau = jnp.where(feasible, 1.0, jnp.minimum(1.0, jnp.min(ratios, -1, keepdims=True)))
     blocked = neg & (ratios <= tau) & ~feasible
     cand = jnp.where(blocked | ~free, 0.0, jnp.maximum(w + tau * d, 0.0))
-    f_old, f_new = _quad(q_mat, q, w), _quad(q_mat, q, cand)
-    ok = jnp.all(jnp.isfinite(cand)) & (f_new <= f_old + 16 * eps * (jnp.abs(f_old) + 1.0))
+    f_old, f_new = quad(w)[:, None], quad(cand)[:, None]
+    ok = (jnp.all(jnp.isfinite(cand), -1, keepdims=True)
+          & (f_new <= f_old + 16 * eps * (jnp.abs(f_old) + 1.0)))
     w_new = jnp.where(ok, cand, w)
-    grad = q_mat @ w_new + q
-    nu = w_new @ grad if simplex else jnp.zeros_like(f_old)
-    tol = 64 * eps * (1.0 + jnp.max(jnp.abs(grad)))
+    grad = w_new @ q_mat + q
+    nu = jnp.sum(w_new * grad, -1, keepdims=True) if simplex else 0.0
+    tol = 64 * eps * (1.0 + jnp.max(jnp.abs(grad), -1, keepdims=True))
     viol = jnp.where(free, jnp.inf, grad - nu)
-    j = jnp.argmin(viol)
-    enter = feasible & ok & (viol[j] < -tol)
+    j = jnp.argmin(viol, -1)
+    enter = feasible & ok & (jnp.min(viol, -1, keepdims=True) < -tol)
     free_new = jnp.where(feasible, free, free & ~blocked)
-    free_new = free_new | (enter & (jnp.arange(w.shape[0]) == j))
+    free_new = free_new | (enter & (jnp.arange(k) == j[:, None]))
     free_new = jnp.where(ok, free_new, free)
-    return w_new, free_new
+    moving = jnp.any(free_new != free) | jnp.any(~ok)
+    return i + 1, w_new, free_new, moving
 
-  w, _ = jax.lax.fori_loop(0, num_refine, body, (w, w > 0))
+  def cond(c):
+    i, _, _, moving = c
+    return (i < max_iters) & moving
+
+  _, w, _, _ = jax.lax.while_loop(cond, body, (0, w, w > 0, jnp.array(True)))
   return w
+
+
+def _pivot(free, infeasible, state):
+  """Block principal pivoting's exchange rule (Júdice & Pires 1994; Kim & Park
+  2011): exchange every infeasible index while their number falls (or for 3
+  more tries), else only the largest one (Murty's rule, finite)."""
+  best, tries = state
+  count = jnp.sum(infeasible, axis=-1, dtype=best.dtype)
+  k = free.shape[-1]
+  better = count < best
+  block = better | (tries > 0)
+  last = (k - 1) - jnp.argmax(infeasible[..., ::-1], axis=-1)
+  single = jnp.arange(k) == last[..., None]
+  flip = jnp.where(block[..., None], infeasible, single & infeasible)
+  new_best = jnp.where(better, count, best)
+  new_tries = jnp.where(better, 3, jnp.where(block, tries - 1, tries)).astype(tries.dtype)
+  return free ^ flip, (new_best, new_tries)
+
+
+def _active_set(q_mat, q, free, face_min, kkt, max_iters, simplex):
+  """Batched active-set solver shared by the QPs: block principal pivoting,
+  then monotone primal active-set iterations.
+
+  ``free``: ``[M, K]`` the initial free sets; ``face_min(free) -> (x, y)``
+  the exact minimisers on the faces and the KKT residuals (gradient minus the
+  multiplier of the equality constraint); ``kkt`` the tolerance. Block
+  principal pivoting (at most ``min(PIVOT_ITERS, max_iters)`` face solves)
+  finds the solution of non-degenerate problems in a few solves; if some
+  problem of the batch is still not at a KKT point (degenerate problems:
+  rank-deficient Gramians, where pivoting can cycle), its clipped iterate
+  seeds :func:`_primal_active_set` (monotone, robust) for the rest of the
+  ``max_iters`` budget. Returns the solutions and the number of pivoting
+  iterations taken.
+  """
+  k = q_mat.shape[-1]
+  x, y = face_min(free)
+
+  def infeasible_of(free, x, y):
+    tol_x, tol_y = kkt(x, y)
+    return (free & (x < -tol_x)) | (~free & (y < -tol_y))
+
+  pivots = min(PIVOT_ITERS, max_iters)
+
+  def cond(c):
+    i, _, x, y, _ = c
+    return (i < pivots) & jnp.any(infeasible_of(c[1], x, y))
+
+  def body(c):
+    i, free, x, y, state = c
+    free, state = _pivot(free, infeasible_of(free, x, y), state)
+    x, y = face_min(free)
+    return i + 1, free, x, y, state
+
+  m = free.shape[0]
+  state = (jnp.full((m,), k + 1, jnp.int32), jnp.full((m,), 3, jnp.int32))
+  iters, free, x, y, _ = jax.lax.while_loop(cond, body, (1, free, x, y, state))
+  solved = ~jnp.any(infeasible_of(free, x, y), -1, keepdims=True)
+  x = jnp.where(free, jnp.maximum(x, 0.0), 0.0)
+  if simplex:
+    total = jnp.sum(x, -1, keepdims=True)
+    x = jnp.where(total > 0, x / jnp.where(total > 0, total, 1.0), 1.0 / k)
+
+  def fallback(x):
+    return _primal_active_set(q_mat, q, x, face_min, max_iters - iters, simplex)
+
+  x = jax.lax.cond(jnp.all(solved), lambda x: x, fallback, x)
+  return x, iters
+
+
+def _kkt_tol(dtype):
+  eps = jnp.finfo(dtype).eps
+
+  def kkt(x, y):
+    tol_x = 64 * eps * (1.0 + jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+    tol_y = 64 * eps * (1.0 + jnp.max(jnp.abs(y), axis=-1, keepdims=True))
+    return tol_x, tol_y
+
+  return kkt
 
 
 def _trace_scale(q_mat):
@@ -145,99 +309,161 @@ def _trace_scale(q_mat):
   return jnp.where(s > 0, s, jnp.ones_like(s))
 
 
+def _batched(q):
+  return (q[None], lambda x: x[0]) if q.ndim == 1 else (q, lambda x: x)
+
+
+def _direct(m, k):
+  """Whether the exact active-set path is used for ``m`` problems of size ``k``:
+  ``K ≤ DIRECT_MAX_K``, or a batch whose factorisations cost no more than
+  those of ``DIRECT_MAX_K`` problems of that size (``m K³ ≤ DIRECT_MAX_K⁴``:
+  a single QP up to K = 256)."""
+  return k <= DIRECT_MAX_K or m * k ** 3 <= DIRECT_MAX_K ** 4
+
+
 def simplex_qp(q_mat: jax.Array, q: jax.Array | None = None, *,
-               num_iters: int = QP_ITERS, num_refine: int | None = None,
+               num_iters: int = 0, num_refine: int | None = None,
                init: jax.Array | None = None,
                lipschitz: jax.Array | None = None) -> jax.Array:
   """``argmin_{w ∈ Δ_K} ½ wᵀ Q w + qᵀ w`` for a PSD ``Q`` (``Δ_K`` the simplex).
 
   With ``q = 0`` and ``Q = G`` the Gramian this is the min-norm point of the
   convex hull of the task gradients (MGDA, Sener & Koltun 2018; CAGrad's inner
-  problem). Both ``Q`` and ``q`` are divided by ``tr(Q)/K`` first (the
-  minimiser does not change), so the tolerances below are relative.
+  problem). ``q`` may be ``[K]`` or a batch ``[M, K]`` of linear terms sharing
+  ``Q`` (one call solves all M problems). Both ``Q`` and ``q`` are divided by
+  ``tr(Q)/K`` first (the minimiser does not change), so tolerances are relative.
 
-  Algorithm (fixed cost, jittable, no host callback):
-    1. ``num_iters`` steps of accelerated projected gradient (FISTA with adaptive
-       restart, step ``1/λ_max(Q)``, exact projection :func:`project_simplex`)
-       from ``init`` (default uniform ``1/K``);
-    2. at most ``num_refine`` (default ``K + 8``) primal active-set iterations
-       warm-started from FISTA's support (``_refine``: exact minimisation on the
-       current face by one ``(K+1)×(K+1)`` KKT solve, LU with a ``0.01 K √ε``
-       ridge on the ``Q`` block and one step of iterative refinement; dropping
-       blocking coordinates, adding the most violated KKT condition, tolerance
-       ``64 ε (1 + max|∇f|)``).
-  Stopping rule: the active-set phase stops moving at a KKT point, which is the
-  exact minimiser up to rounding; it usually needs a few iterations from
-  FISTA's support. If the cap is hit first, the result is still feasible and
-  no worse than the FISTA iterate, whose objective gap is at most
-  ``2 λ_max ‖w₀ - w*‖² / (num_iters + 1)²``. Cost:
-  ``O(K³ + num_iters K² + num_refine K³)``; no dependence on P.
+  Algorithm (jittable, no host callback, fixed bounds):
+    1. optional warm start: ``num_iters`` (default 0) steps of accelerated
+       projected gradient (FISTA with adaptive restart, step ``1/λ_max(Q)``,
+       exact projection :func:`project_simplex`) from ``init`` (default uniform);
+    2. exact active set by block principal pivoting (Júdice & Pires 1994;
+       Kim & Park 2011), all M problems at once: on the free set ``F`` solve
+       the face KKT system ``Q_FF w_F + q_F = ν 1``, ``1ᵀw_F = 1`` (two
+       right-hand sides of one factorisation of ``Q_FF``, see
+       :func:`_face_solver`: Cholesky with a ``0.01 K √ε`` ridge and two
+       refinement steps for ``K ≤ 96``, conjugate gradients above); exchange
+       the indices with ``w_j < 0`` in ``F`` or ``(Qw + q)_j < ν`` outside
+       it (tolerance ``64 ε (1 + max|·|)``), all at once while their count
+       falls, else one at a time (Murty's rule, finite). It starts from the
+       support of the warm start (or of the best vertex and every index with a
+       negative reduced gradient there) and stops when every problem satisfies
+       the KKT conditions, after at most ``num_refine`` face solves (default
+       ``K + 8``; a few in practice). The result is the exact minimiser up to
+       rounding; if the cap is hit first it is the last face minimiser clipped
+       to the simplex. ``num_refine=0`` returns the FISTA iterate.
+  Cost: ``O(M K³)`` per face solve (direct) or ``O(K² M)`` per CG step, and
+  ``num_iters`` matrix products ``[K,K] × [K,M]``; no dependence on P.
 
   ``lipschitz`` (``λ_max`` of ``Q/s``) may be passed to reuse one eigenvalue
-  computation across repeated solves with the same ``Q``.
+  computation across repeated solves with the same ``Q`` (FISTA only).
   Non-finite ``Q`` or ``q`` give non-finite weights.
   """
   k = q_mat.shape[-1]
   s = _trace_scale(q_mat)
   q_mat = q_mat / s
-  q = jnp.zeros((k,), q_mat.dtype) if q is None else q / s
-  w0 = jnp.full((k,), 1.0 / k, q_mat.dtype) if init is None else init
-  lip = _lipschitz(q_mat) if lipschitz is None else lipschitz
-  w = _fista(q_mat, q, w0, project_simplex, num_iters, lip)
-
-  def face_min(mask):
-    m = mask.astype(q_mat.dtype)
-    a = jnp.zeros((k + 1, k + 1), q_mat.dtype)
-    a = a.at[:k, :k].set(q_mat * m[:, None] * m[None, :] + jnp.diag(1.0 - m))
-    a = a.at[:k, k].set(m).at[k, :k].set(m)
-    b = jnp.concatenate([-q * m, jnp.ones((1,), q_mat.dtype)])
-    block = jnp.concatenate([jnp.ones((k,), bool), jnp.zeros((1,), bool)])
-    return _masked_solve(a, b, block)[:k] * m
-
+  q = jnp.zeros((k,), q_mat.dtype) if q is None else jnp.asarray(q, q_mat.dtype) / s
+  q, unbatch = _batched(q)
+  m = q.shape[0]
+  dtype = q_mat.dtype
+  if num_iters > 0:
+    w0 = jnp.full((m, k), 1.0 / k, dtype) if init is None else jnp.broadcast_to(init, (m, k))
+    lip = _lipschitz(q_mat) if lipschitz is None else lipschitz
+    w = jax.vmap(lambda qq, ww: _fista(q_mat, qq, ww, project_simplex, num_iters, lip))(q, w0)
+    free = w > 0
+  else:
+    # The best vertex and every index whose reduced gradient there is negative.
+    vertex = jnp.argmin(0.5 * jnp.diag(q_mat)[None] + q, axis=-1)
+    grad = q_mat[vertex] + q
+    nu = jnp.take_along_axis(grad, vertex[:, None], axis=-1)
+    free = (jnp.arange(k) == vertex[:, None]) | (grad < nu)
+    w = jnp.where(free, 1.0 / jnp.sum(free, -1, keepdims=True), 0.0).astype(dtype)
   cap = k + QP_REFINE if num_refine is None else num_refine
-  return _refine(q_mat, q, w, face_min, cap, simplex=True)
+  if cap == 0:
+    return unbatch(w)
+  if not _direct(m, k):
+    w0 = w if num_iters > 0 else jnp.full((m, k), 1.0 / k, dtype)
+    return unbatch(_admm(q_mat, q, w0, project_simplex, ADMM_ITERS))
+
+  def face_min(free):
+    free = jnp.where(jnp.any(free, -1, keepdims=True), free,
+                     jnp.arange(k) == jnp.argmin(q, -1)[:, None])
+    solve = _face_solver(q_mat, free)
+    mf = free.astype(dtype)
+    z = solve(jnp.stack([mf, -q * mf], axis=-1))
+    z1, z2 = z[..., 0] * mf, z[..., 1] * mf
+    den = jnp.sum(z1, -1, keepdims=True)
+    den = jnp.where(den != 0, den, 1.0)
+    nu = (1.0 - jnp.sum(z2, -1, keepdims=True)) / den
+    w = z2 + nu * z1
+    # Iterative refinement on the bordered KKT system [Q_FF -1; 1ᵀ 0], which is
+    # non-singular even where Q_FF is not (e.g. 0 in the hull).
+    for _ in range(2):
+      r1 = -(q + w @ q_mat - nu) * mf
+      r2 = 1.0 - jnp.sum(w, -1, keepdims=True)
+      zr = solve(r1) * mf
+      dnu = (r2 - jnp.sum(zr, -1, keepdims=True)) / den
+      w, nu = w + zr + dnu * z1, nu + dnu
+    y = w @ q_mat + q - nu
+    return w, y
+
+  w, _ = _active_set(q_mat, q, free, face_min, _kkt_tol(dtype), cap, simplex=True)
+  w = w / jnp.sum(w, -1, keepdims=True)
+  return unbatch(w)
 
 
 def min_norm_simplex(gramian: jax.Array, **kwargs) -> jax.Array:
   """Weights of the min-norm point of the convex hull of the rows of ``J``:
   ``argmin_{w ∈ Δ_K} wᵀ G w``. See :func:`simplex_qp` for the algorithm, its
-  iteration counts and its tolerance."""
+  iteration bound and its tolerance."""
   return simplex_qp(gramian, None, **kwargs)
 
 
-def nonneg_qp(q_mat: jax.Array, q: jax.Array, *, num_iters: int = QP_ITERS,
+def nonneg_qp(q_mat: jax.Array, q: jax.Array, *, num_iters: int = 0,
               num_refine: int | None = None, lipschitz: jax.Array | None = None) -> jax.Array:
   """``argmin_{x ≥ 0} ½ xᵀ Q x + qᵀ x`` for a PSD ``Q`` with ``q ∈ range(Q)``.
 
   The box QP of UPGrad and DualProj (projection onto the dual cone
   ``{v : G v ≥ 0}`` written on the weights: ``min_{v ≥ u} vᵀ G v`` is this with
-  ``x = v - u``, ``q = G u``). ``Q`` and ``q`` are divided by ``tr(Q)/K``.
+  ``x = v - u``, ``q = G u``). ``q`` may be ``[K]`` or a batch ``[M, K]`` of
+  linear terms sharing ``Q``: UPGrad's K problems are one call. ``Q`` and
+  ``q`` are divided by ``tr(Q)/K``.
 
-  Algorithm: ``num_iters`` FISTA steps (adaptive restart, step ``1/λ_max(Q)``,
-  projection ``max(·, 0)``) from 0, then at most ``num_refine`` (default
-  ``K + 8``) primal active-set iterations
-  (exact minimisation on the face of the free coordinates by an LU solve
-  of ``(Q_FF + 0.01 K √ε I) x_F = -q_F`` with one refinement step, moving until a coordinate hits zero; kept only
-  if the objective does not rise). Same guarantees as :func:`simplex_qp`.
-  ``lipschitz`` (``λ_max`` of the scaled ``Q``) may be passed to share one
-  eigenvalue computation across a batch of right-hand sides.
-  Cost: ``O(K³ + num_iters K² + num_refine K³)``.
+  Algorithm: optional ``num_iters`` (default 0) FISTA steps from 0 (step
+  ``1/λ_max(Q)``, projection ``max(·, 0)``), then block principal pivoting
+  on all M problems at once (see :func:`simplex_qp`): on the free set ``F``
+  solve ``Q_FF x_F = -q_F`` (:func:`_face_solver`), exchange the indices with
+  ``x_j < 0`` in ``F`` or ``(Qx + q)_j < 0`` outside it; from ``F = {j : q_j
+  < 0}`` (or the warm start's support), at most ``num_refine`` face solves
+  (default ``K + 8``; a few in practice). Same guarantees as
+  :func:`simplex_qp`. ``lipschitz`` serves the FISTA warm start only.
   """
   k = q_mat.shape[-1]
   s = _trace_scale(q_mat)
   q_mat = q_mat / s
-  q = q / s
-  lip = _lipschitz(q_mat) if lipschitz is None else lipschitz
-  x = _fista(q_mat, q, jnp.zeros((k,), q_mat.dtype), lambda v: jnp.maximum(v, 0.0),
-             num_iters, lip)
-
-  def face_min(mask):
-    m = mask.astype(q_mat.dtype)
-    a = q_mat * m[:, None] * m[None, :] + jnp.diag(1.0 - m)
-    return _masked_solve(a, -q * m, jnp.ones((k,), bool)) * m
-
+  q, unbatch = _batched(jnp.asarray(q, q_mat.dtype) / s)
+  dtype = q_mat.dtype
+  if num_iters > 0:
+    lip = _lipschitz(q_mat) if lipschitz is None else lipschitz
+    x = jax.vmap(lambda qq: _fista(q_mat, qq, jnp.zeros((k,), dtype),
+                                   lambda v: jnp.maximum(v, 0.0), num_iters, lip))(q)
+    free = x > 0
+  else:
+    x = jnp.zeros_like(q)
+    free = q < 0
   cap = k + QP_REFINE if num_refine is None else num_refine
-  return _refine(q_mat, q, x, face_min, cap, simplex=False)
+  if cap == 0:
+    return unbatch(x)
+  if not _direct(q.shape[0], k):
+    return unbatch(_admm(q_mat, q, x, lambda v: jnp.maximum(v, 0.0), ADMM_ITERS))
+
+  def face_min(free):
+    mf = free.astype(dtype)
+    x = _face_solver(q_mat, free)(-q * mf) * mf
+    return x, x @ q_mat + q
+
+  x, _ = _active_set(q_mat, q, free, face_min, _kkt_tol(dtype), cap, simplex=False)
+  return unbatch(x)
 
 
 def nash_bargaining(gramian: jax.Array, init: jax.Array, *, num_iters: int = 20) -> jax.Array:

@@ -70,7 +70,7 @@ def aligned_mtl(pref_vector=None) -> optax.GradientTransformationExtraArgs:
   (``O(K³)``), the combination ``K P``; no extra backward pass.
   """
   if pref_vector is None:
-    return gramian_weighting(aligned_mtl_weights, name="aligned_mtl")
+    return gramian_weighting(aligned_mtl_weights, name="aligned_mtl", scale_invariant=True)
   p = np.asarray(pref_vector, dtype=np.float64)
   if p.ndim != 1 or p.size == 0 or not np.all(np.isfinite(p)):
     raise ValueError(f"aligned_mtl: pref_vector={pref_vector!r}; expected a non-empty 1-D "
@@ -80,4 +80,4 @@ def aligned_mtl(pref_vector=None) -> optax.GradientTransformationExtraArgs:
     validation.check_vector(p, gramian.shape[-1], "aligned_mtl pref_vector")
     return aligned_mtl_weights(gramian, p.astype(np.promote_types(gramian.dtype, np.float32)))
 
-  return gramian_weighting(weighting, name="aligned_mtl")
+  return gramian_weighting(weighting, name="aligned_mtl", scale_invariant=True)

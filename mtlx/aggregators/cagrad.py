@@ -193,4 +193,4 @@ def cagrad(c: float = 0.4, *, rescale: bool = True, num_iters: int = 30,
     return cagrad_weights(gramian, c, rescale=rescale, num_iters=num_iters,
                           qp_iters=qp_iters, scale_by_num_tasks=scale_by_num_tasks)
 
-  return gramian_weighting(weighting, name="cagrad")
+  return gramian_weighting(weighting, name="cagrad", scale_invariant=True)

@@ -65,4 +65,4 @@ def config() -> optax.GradientTransformationExtraArgs:
   combination ``K P``. Forming ``(NGN)⁺`` squares the condition number compared
   with ``pinv(A)``: in float32 expect lower accuracy for nearly dependent rows.
   """
-  return gramian_weighting(config_weights, name="config")
+  return gramian_weighting(config_weights, name="config", scale_invariant=True)

@@ -87,7 +87,9 @@ def gradvac(beta: float = 0.5, *, num_tasks: int, granularity: str = "whole",
       variant, one Gramian, target matrix and weight vector per pytree leaf.
     seed: seeds the PRNG key of the task orders.
 
-  Properties: linear under scaling (cosines are scale-free); K=1 gives ``g_1``;
+  Properties: linear under scaling (cosines are scale-free) over the whole float32
+  range, since the weights read the normalised Gramian
+  (:func:`mtlx.jacobian.normalized_gramian`); K=1 gives ``g_1``;
   with targets 0 it reduces to PCGrad-like projections for negative cosines;
   random for K>2 (not permutation-invariant step by step); not non-conflicting in
   general; finite for zero or duplicated rows; non-finite rows propagate.
@@ -95,6 +97,9 @@ def gradvac(beta: float = 0.5, *, num_tasks: int, granularity: str = "whole",
   Raises:
     ValueError: unknown granularity, ``beta`` outside ``[0, 1]``, or an update
       whose K differs from ``num_tasks``.
+
+  The targets follow the input precision: float64 under ``jax_enable_x64``
+  (``'leaf'``: the params' dtype, at least float32), else float32.
 
   Cost: the Gramian (``K² P``; per leaf: the same total), ``K²`` sequential
   ``K``-vector updates (per leaf with ``'leaf'``), the combination ``K P``.
@@ -114,12 +119,16 @@ def gradvac(beta: float = 0.5, *, num_tasks: int, granularity: str = "whole",
     return w, GradVacState(targets.astype(state.targets.dtype), key)
 
   if granularity == "whole":
-    init = lambda k: GradVacState(jnp.zeros((k, k), jnp.float32), jax.random.PRNGKey(seed))
-    return gramian_weighting(step, init=init, num_tasks=num_tasks, name="gradvac")
+    # Default float dtype: float64 under x64, else float32 (the Gramian's dtype).
+    init = lambda k: GradVacState(jnp.zeros((k, k), jnp.result_type(float)),
+                                  jax.random.PRNGKey(seed))
+    return gramian_weighting(step, init=init, num_tasks=num_tasks, name="gradvac",
+                             scale_invariant=True)
 
   def init_fn(params):
-    n = len(jax.tree_util.tree_leaves(params))
-    return GradVacState(jnp.zeros((n, num_tasks, num_tasks), jnp.float32),
+    leaves = jax.tree_util.tree_leaves(params)
+    dtype = jnp.promote_types(jnp.result_type(*leaves) if leaves else jnp.float32, jnp.float32)
+    return GradVacState(jnp.zeros((len(leaves), num_tasks, num_tasks), dtype),
                         jax.random.PRNGKey(seed))
 
   def update_fn(task_grads, state, params=None, **extra):
@@ -131,7 +140,7 @@ def gradvac(beta: float = 0.5, *, num_tasks: int, granularity: str = "whole",
       raise ValueError(f"gradvac(granularity='leaf') state has targets for "
                        f"{state.targets.shape[0]} leaves but task_grads has {len(leaves)}; "
                        "expected the params structure given to init.")
-    grams = jnp.stack([jacobian.gramian(g) for g in leaves])
+    grams = jnp.stack([jacobian.normalized_gramian(g)[0] for g in leaves])
     key, sub = jax.random.split(state.key)
     orders = random_orders(sub, k)  # one order per task, shared by all leaves
     ws, targets = jax.vmap(lambda g, t: gradvac_weights(g, t, orders, beta))(

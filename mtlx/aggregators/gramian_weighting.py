@@ -53,9 +53,11 @@ class GramianWeighting(optax.GradientTransformationExtraArgs):
   """
 
   def __new__(cls, init, update, weight_fn=None, state_init=None, num_tasks=None,
-              extras=(), name="gramian_weighting", needs_gramian=True):
+              extras=(), name="gramian_weighting", needs_gramian=True,
+              scale_invariant=False):
     self = super().__new__(cls, init, update)
     self.needs_gramian = bool(needs_gramian)
+    self.scale_invariant = bool(scale_invariant)
     # Attributes, not tuple fields: optax.chain unpacks transforms as (init, update).
     self.weight_fn = weight_fn
     self.state_init = state_init
@@ -74,6 +76,12 @@ class GramianWeighting(optax.GradientTransformationExtraArgs):
     k = jax.numpy.shape(matrix)[0]
     validation.check_num_tasks(k, self.num_tasks, self.name)
     kwargs = {n: extra[n] for n in self.extras if n in extra}
+    if self.scale_invariant and self.needs_gramian:
+      # f(c G) = f(G): read G over a power of two near its largest diagonal entry (exact
+      # scaling), the same matrix whichever engine computed G (the Jacobian engine
+      # already hands in the underflow-safe normalized_gramian).
+      matrix = matrix / jacobian._power_of_two_scale(  # noqa: SLF001
+          jax.numpy.max(jax.numpy.diagonal(matrix)))
     if self.state_init is None:
       weights, new_state = self.weight_fn(matrix, **kwargs), state
     else:
@@ -92,7 +100,7 @@ class CrossGramianWeighting(GramianWeighting):
   so only the Jacobian engine (with the extra batches) serves it."""
 
 
-def _typed(cls, weighting, matrix_of, init, num_tasks, label, extras):
+def _typed(cls, weighting, matrix_of, init, num_tasks, label, extras, scale_invariant=False):
   """The transform ``d = Σ_k w_k h_k`` with ``w = weighting(M[, state], **extras)``.
 
   ``matrix_of(task_grads, extra) -> (M, direction, extras)`` gives the ``K × K``
@@ -112,7 +120,7 @@ def _typed(cls, weighting, matrix_of, init, num_tasks, label, extras):
     return jacobian.combine(weights, direction), state
 
   tx = cls(init_fn, validation.guarded_update(update_fn, label), weighting, init, num_tasks,
-           _check_extras(extras, label), label)
+           _check_extras(extras, label), label, scale_invariant=scale_invariant)
   return tx
 
 
@@ -121,7 +129,8 @@ def gramian_weighting(
     init: Callable[[int | None], Any] | None = None,
     num_tasks: int | None = None,
     name: str | None = None,
-    extras: Sequence[str] = ()) -> GramianWeighting:
+    extras: Sequence[str] = (),
+    scale_invariant: bool = False) -> GramianWeighting:
   """Wraps a weighting ``w = f(G)`` of the Gramian as an optax transform.
 
   .. math::  G = J J^T \\in R^{K×K},\\quad w = f(G),\\quad d = w^T J = \\sum_k w_k g_k
@@ -140,6 +149,13 @@ def gramian_weighting(
     name: the method's name for error messages.
     extras: names of the keyword extra arguments of ``update`` that ``weighting``
       reads (e.g. ``('task_losses',)``); only those are passed, when given.
+    scale_invariant: declare ``f(c² G) = f(G)`` for every ``c > 0`` (weights
+      that do not depend on the scale of the rows: UPGrad, MGDA, DualProj,
+      IMTL-G, CAGrad, PCGrad, Krum, the mean ...). ``f`` then reads
+      ``Ĝ = (J/s)(J/s)ᵀ`` with ``s`` the largest entry of ``J``
+      (:func:`mtlx.jacobian.normalized_gramian`), which neither underflows nor
+      overflows in float32, so the method is scale-linear over the whole
+      float32 range and finite rows never give NaN.
 
   Returns:
     A :class:`GramianWeighting` (an ``optax.GradientTransformationExtraArgs``);
@@ -162,9 +178,12 @@ def gramian_weighting(
   label = name or getattr(weighting, "__name__", "gramian_weighting")
 
   def gramian_of(task_grads, extra):
+    if scale_invariant:
+      return jacobian.normalized_gramian(task_grads)[0], task_grads, extra
     return jacobian.gramian(task_grads), task_grads, extra
 
-  return _typed(GramianWeighting, weighting, gramian_of, init, num_tasks, label, extras)
+  return _typed(GramianWeighting, weighting, gramian_of, init, num_tasks, label, extras,
+                scale_invariant)
 
 
 def cross_gramian_weighting(

@@ -80,4 +80,4 @@ def imtl_g() -> optax.GradientTransformationExtraArgs:
   Cost: the Gramian (``K² P``), one ``K×K`` symmetric eigendecomposition
   (``O(K³)``), the combination ``K P``; no extra backward pass.
   """
-  return gramian_weighting(imtl_g_weights, name="imtl_g")
+  return gramian_weighting(imtl_g_weights, name="imtl_g", scale_invariant=True)

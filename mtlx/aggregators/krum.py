@@ -60,7 +60,9 @@ def krum(n_byzantine: int, n_selected: int = 1) -> optax.GradientTransformationE
       ``K ≥ f + 3``. The registry name ``'krum'`` uses ``n_byzantine=1``.
     n_selected: how many rows to average (1: Krum; more: Multi-Krum).
 
-  Properties: linear under scaling (the selection is scale-free);
+  Properties: linear under scaling (the selection is scale-free) over the whole float32
+  range, since the weights read the normalised Gramian
+  (:func:`mtlx.jacobian.normalized_gramian`);
   permutation-invariant up to ties; K=1 is not allowed (``K ≥ f + 3``); not
   non-conflicting; robust to ``f`` arbitrary finite rows. Non-finite rows are
   NOT ignored: they make the update non-finite (so ``optax.apply_if_finite`` can
@@ -79,4 +81,4 @@ def krum(n_byzantine: int, n_selected: int = 1) -> optax.GradientTransformationE
   if not (isinstance(n_selected, int) and n_selected >= 1):
     raise ValueError(f"n_selected={n_selected!r}; expected an int >= 1.")
   return gramian_weighting(lambda gramian: krum_weights(gramian, n_byzantine, n_selected),
-                           name="krum")
+                           name="krum", scale_invariant=True)

@@ -30,7 +30,7 @@ def _normalizers(gramian, normalization, task_losses):
 
 def mgda_weights(gramian: jax.Array, *, normalization: str = "none",
                  task_losses: jax.Array | None = None,
-                 num_iters: int = solvers.QP_ITERS) -> jax.Array:
+                 max_iters: int | None = None) -> jax.Array:
   """MGDA weights of the Gramian: ``w = α / n`` with ``α = argmin_{α ∈ Δ} ‖Σ α_k g_k / n_k‖²``.
 
   ``n_k`` is the normalisation of MGDA-UB: ``'none'`` 1, ``'l2'`` ``‖g_k‖``,
@@ -44,12 +44,12 @@ def mgda_weights(gramian: jax.Array, *, normalization: str = "none",
     validation.check_task_losses(task_losses, gramian.shape[-1], "mgda")
   n = _normalizers(gramian, normalization, task_losses)
   n = jnp.where(n == 0, jnp.ones_like(n), n)
-  alpha = solvers.min_norm_simplex(gramian / (n[:, None] * n[None, :]), num_iters=num_iters)
+  alpha = solvers.min_norm_simplex(gramian / (n[:, None] * n[None, :]), num_refine=max_iters)
   return alpha / n
 
 
 def mgda(normalization: str = "none", *,
-         num_iters: int = solvers.QP_ITERS) -> optax.GradientTransformationExtraArgs:
+         num_iters: int | None = None) -> optax.GradientTransformationExtraArgs:
   """MGDA as a gradient-space transform.
 
   .. math::  α^* = \\arg\\min_{α ∈ Δ_K} \\Big\\|\\sum_k α_k \\frac{g_k}{n_k}\\Big\\|^2,\\qquad
@@ -65,27 +65,35 @@ def mgda(normalization: str = "none", *,
       the last two read the keyword extra argument ``task_losses``. As in LibMTL,
       the update combines the normalised gradients (the reference code re-used
       ``α`` on the raw losses instead, which loses the non-conflict guarantee).
-    num_iters: projected-gradient iterations of the QP (see
-      :func:`mtlx.solvers.simplex_qp`; exact once the support is found).
+    num_iters: cap on the active-set face solves of the simplex QP (default
+      ``None``: ``K + 8``; see :func:`mtlx.solvers.simplex_qp`, exact at
+      convergence, a few solves in practice).
 
   Properties: non-conflicting (``g_k·d ≥ ‖d‖² ≥ 0`` for every k); permutation-
   invariant; K=1 gives ``g_1`` (``'none'``/``'loss'``: ``g_1/L_1``); linear under
   scaling for ``'none'`` and ``'loss'`` (``'l2'``, ``'loss+'`` return unit-scale
   combinations); finite for zero or duplicated rows; non-finite rows propagate.
+  With ``'none'`` and ``'loss'`` the weights are scale-invariant: the transform
+  reads the Gramian of the rows divided by their largest entry
+  (:func:`mtlx.jacobian.normalized_gramian`), so these hold over the whole
+  float32 range.
 
   Raises:
     ValueError: unknown ``normalization`` (at construction), missing or
       wrong-shaped ``task_losses`` for the loss normalisations (at trace time).
 
-  Cost: the Gramian (``K² P``), a ``K×K`` eigenvalue problem and the QP
-  (``num_iters`` × ``K²`` + 8 ``K³`` solves), the combination ``K P``.
+  Cost: the Gramian (``K² P``), the QP (a few ``K×K`` Cholesky solves), the
+  combination ``K P``.
   No extra backward pass.
   """
   validation.check_number(num_iters, "num_iters", low=1, integer=True, method="mgda")
   validation.check_choice(normalization, NORMALIZATIONS, "normalization")
+  if num_iters is not None:
+    validation.check_number(num_iters, "num_iters", low=1, integer=True, method="mgda")
 
   def weighting(gramian, *, task_losses=None):
     return mgda_weights(gramian, normalization=normalization, task_losses=task_losses,
-                        num_iters=num_iters)
+                        max_iters=num_iters)
 
-  return gramian_weighting(weighting, name="mgda", extras=("task_losses",))
+  return gramian_weighting(weighting, name="mgda", extras=("task_losses",),
+                           scale_invariant=normalization in ("none", "loss"))

@@ -71,7 +71,9 @@ def pcgrad(seed: int = 0) -> optax.GradientTransformationExtraArgs:
   Args:
     seed: seeds the PRNG key kept in the state (split every step).
 
-  Properties: linear under scaling; K=1 gives ``g_1``; for K=2 deterministic and
+  Properties: linear under scaling over the whole float32
+  range, since the weights read the normalised Gramian
+  (:func:`mtlx.jacobian.normalized_gramian`); K=1 gives ``g_1``; for K=2 deterministic and
   non-conflicting; for K>2 random (so not permutation-invariant step by step)
   and not guaranteed non-conflicting; zero rows are never projected on;
   non-finite rows propagate.
@@ -90,4 +92,4 @@ def pcgrad(seed: int = 0) -> optax.GradientTransformationExtraArgs:
     orders = random_orders(sub, gramian.shape[-1])
     return pcgrad_weights(gramian, orders), PCGradState(key)
 
-  return gramian_weighting(weighting, init=init, name="pcgrad")
+  return gramian_weighting(weighting, init=init, name="pcgrad", scale_invariant=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -20,10 +18,9 @@ def trimmed_mean(trim_number: int) -> optax.GradientTransformationExtraArgs:
   (Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
   Statistical Rates", ICML 2018; TorchJD's ``TrimmedMean``). Elementwise, so it
   is not a Gramian weighting: it acts leaf by leaf on the stacked pytree, never
-  flattening the model. Instead of a sort along the task axis (slow on XLA:CPU
-  for short columns), the ``trim_number`` largest and smallest values are
-  masked out by repeated max/min passes over the K rows (ties: one occurrence
-  per pass), then the rest is averaged.
+  flattening the model: one sort along the task axis per leaf, then the sum of
+  the middle ``K - 2·trim_number`` rows (one traced op whatever K: compiles in
+  well under a second at K = 256).
 
   Args:
     trim_number: how many values to drop at each end; needs ``K ≥ 2·trim_number + 1``.
@@ -39,8 +36,8 @@ def trimmed_mean(trim_number: int) -> optax.GradientTransformationExtraArgs:
     ValueError: ``trim_number < 0`` at construction; ``K < 2·trim_number + 1`` at
       trace time.
 
-  Cost: ``O(trim_number · K · P)`` comparisons (unrolled over the K rows, so
-  tracing grows with ``trim_number · K``), memory ``K P``.
+  Cost: a sort of every coordinate's K values (``O(K log K · P)``), memory
+  ``K P``.
   """
   validation.check_number(trim_number, "trim_number", low=0, integer=True, method="trimmed_mean")
   if not (isinstance(trim_number, int) and trim_number >= 0):
@@ -53,21 +50,12 @@ def trimmed_mean(trim_number: int) -> optax.GradientTransformationExtraArgs:
                        f"{2 * trim_number + 1} task gradients; got K={k}.")
 
     def leaf(g):
-      acc = jnp.promote_types(g.dtype, jnp.float32)
-      rows = [g[i].astype(acc) for i in range(k)]
-      keep = [jnp.ones(rows[0].shape, bool) for _ in range(k)]
-      for _ in range(trim_number):
-        for pick, fill in ((jnp.maximum, -jnp.inf), (jnp.minimum, jnp.inf)):
-          extreme = functools.reduce(pick, [jnp.where(kp, r, fill) for kp, r in zip(keep, rows)])
-          found = jnp.zeros(rows[0].shape, bool)
-          for i in range(k):  # drop the first kept row that attains the extreme
-            hit = keep[i] & (rows[i] == extreme) & ~found
-            keep[i] = keep[i] & ~hit
-            found = found | hit
-      total = functools.reduce(jnp.add, [jnp.where(kp, r, 0.0) for kp, r in zip(keep, rows)])
+      out_dtype = g.dtype
+      g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+      kept = jnp.sort(g, axis=0)[trim_number:k - trim_number]
       # NaN/inf anywhere in the coordinate makes it non-finite (never trimmed away).
-      poison = 0.0 * functools.reduce(jnp.add, rows)
-      return (total / (k - 2 * trim_number) + poison).astype(g.dtype)
+      poison = 0.0 * jnp.sum(g, axis=0)
+      return (jnp.sum(kept, axis=0) / (k - 2 * trim_number) + poison).astype(out_dtype)
 
     return jax.tree_util.tree_map(leaf, task_grads)
 
