@@ -48,15 +48,24 @@ def test_mesh_config_from_ml_collections():
 PARAMS = {
     "dense": {"kernel": jnp.zeros((64, 96)), "bias": jnp.zeros((96,))},
     "odd": jnp.zeros((33, 35)),          # no axis divisible by 4
-    "conv": jnp.zeros((3, 3, 16, 32)),   # largest divisible axis: 32 (last)
-    "tie": jnp.zeros((128, 128)),        # tie -> the later axis
+    "conv": jnp.zeros((3, 3, 16, 32)),   # the output channels (last axis)
+    "tie": jnp.zeros((128, 128)),        # the output axis
+    # A dense kernel after a flatten: its input axis is the larger and divisible,
+    # but only the output axis may be split (XLA bug, see sharding._fsdp_spec).
+    "flat": jnp.zeros((192, 64)),
+    "out_odd": jnp.zeros((256, 10)),     # output axis not divisible by 4: replicated
 }
 
 
 def test_fsdp_rule():
   sh = specs(sharding.param_shardings(PARAMS, MESH_24, "fsdp", min_size=1024))
   assert sh == {"dense": {"kernel": P(None, "model"), "bias": P()}, "odd": P(),
-                "conv": P(None, None, None, "model"), "tie": P(None, "model")}
+                "conv": P(None, None, None, "model"), "tie": P(None, "model"),
+                "flat": P(None, "model"), "out_odd": P()}
+  # With min_size 1 the bias (96 over 4) is split too; scalars never are.
+  small = specs(sharding.param_shardings({"b": jnp.zeros((96,)), "s": jnp.zeros(())},
+                                         MESH_24, "fsdp", min_size=1))
+  assert small == {"b": P("model"), "s": P()}
   rep = specs(sharding.param_shardings(PARAMS, MESH_24))
   assert all(s == P() for s in jax.tree.leaves(rep, is_leaf=lambda s: isinstance(s, P)))
   with pytest.raises(ValueError, match=r"rule='zero3'.*\['fsdp', 'replicated'\]"):

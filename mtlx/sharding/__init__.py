@@ -8,8 +8,9 @@ collectives. What each axis does:
 
 * ``data``: the batch's leading axis is split over it; per-task grads are summed
   over it by an all-reduce that XLA inserts in the backward pass.
-* ``model``: FSDP. Each large parameter has its largest axis divisible by the axis
-  size split over it; the per-task grads (``[K, *param.shape]``) are split the same
+* ``model``: FSDP. Each large parameter has its last (output-feature) axis split
+  over it when the axis size divides it (never an input axis: an XLA partitioner
+  bug, see :func:`_fsdp_spec`); the per-task grads (``[K, *param.shape]``) are split the same
   way. ``mtlx.gramian`` is a per-leaf ``dot_general`` that contracts the parameter
   axes, so every device contracts its own shard and XLA all-reduces the ``K × K``
   partial sums; the weights ``w = f(G)`` are computed replicated and the combination
@@ -177,12 +178,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def _fsdp_spec(shape: tuple[int, ...], n: int, min_size: int) -> P:
-  if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+  """FSDP spec of one leaf: its LAST axis over ``'model'``, else replicated.
+
+  The last axis is the output-feature axis of flax's kernels (dense ``[in, out]``,
+  conv ``[h, w, in, out]``) and the feature axis of embeddings and biases. Only
+  that axis is split, never an input axis: with jax/jaxlib 0.10.2 (CPU, Shardy and
+  GSPMD) XLA's SPMD partitioner gets the backward pass of ``conv -> relu -> conv ->
+  relu -> reshape -> dense`` wrong when the dense kernel is split along its input
+  (contracting) axis: the conv kernels' gradients come out multiplied by the size
+  of a replicated mesh axis (an all-reduce over devices that hold the same
+  values), and under ``vmap`` of the VJP even the losses differ. Splitting the
+  output axis keeps the contraction unsharded, so that layout never arises
+  (``tests/multidevice/xla_repro.py`` holds the pure-JAX reproduction).
+  A leaf whose last axis is not divisible by ``n`` stays replicated.
+  """
+  if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size or not shape:
     return P()
-  candidates = [(size, axis) for axis, size in enumerate(shape) if size % n == 0]
-  if not candidates:
+  axis = len(shape) - 1
+  if shape[axis] % n:
     return P()
-  _, axis = max(candidates)  # largest axis; ties -> the later axis
   spec = [None] * len(shape)
   spec[axis] = "model"
   return P(*spec)
@@ -196,9 +210,10 @@ def param_shardings(params: PyTree, mesh: Mesh, rule: str = "replicated", *,
     params: the params (arrays or ``jax.ShapeDtypeStruct`` s).
     mesh: a mesh from :func:`make_mesh`.
     rule: ``'replicated'`` (every device holds every parameter) or ``'fsdp'``: each
-      leaf of at least ``min_size`` elements has its largest axis whose size is
-      divisible by the ``model`` axis size split over ``'model'`` (smaller leaves
-      and leaves with no divisible axis stay replicated).
+      leaf of at least ``min_size`` elements has its last (output-feature) axis
+      split over ``'model'`` when the ``model`` axis size divides it (smaller
+      leaves and leaves whose last axis does not divide stay replicated). Input
+      axes are never split: see :func:`_fsdp_spec` for the XLA bug that avoids.
     min_size: the FSDP size threshold in elements.
 
   Raises:
