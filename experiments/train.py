@@ -188,6 +188,29 @@ def make_mesh(config, devices=None):
   return sharding.mesh_from_config(config, devices=devices)
 
 
+def build_trainer(config, info, tasks, mesh):
+  """``(trainer, params)``: the config's model, optimizer and step on ``mesh``
+  (``None``: one device, no shardings)."""
+  model = mmodels.get_model(config.model, input_shape=info.input_shape, tasks=tasks,
+                            **model_kwargs(config))
+  fns, params = mmodels.split(model)
+  optimizer = mtrain.make_optimizer(
+      config.optimizer, config.learning_rate, schedule=config.schedule,
+      num_steps=config.num_steps, warmup_steps=config.warmup_steps,
+      weight_decay=config.weight_decay, momentum=config.momentum,
+      grad_clip=config.grad_clip)
+  trainer = mtrain.make_trainer(
+      fns, tasks, info.input_key, params, method=config.method, weighting=config.weighting,
+      optimizer=optimizer, rep_grad=config.rep_grad,
+      method_kwargs=parse_kwargs(config.method_kwargs),
+      weighting_kwargs=parse_kwargs(config.weighting_kwargs),
+      chunk_size=config.chunk_size or None, extra_batches=config.extra_batches,
+      mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
+      shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
+      min_size=int(_mesh_option(config, "min_size", 2 ** 10)))
+  return trainer, params
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> dict:
   """Trains as the config says and returns the last ``eval`` row's values.
 
@@ -207,23 +230,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
         f"mini-batches x {jax.process_count()} process(es) = {global_rows} rows) is not "
         f"divisible by config.mesh.data={mesh.shape['data']}; expected a multiple.")
 
-  model = mmodels.get_model(config.model, input_shape=info.input_shape, tasks=tasks,
-                            **model_kwargs(config))
-  fns, params = mmodels.split(model)
-  optimizer = mtrain.make_optimizer(
-      config.optimizer, config.learning_rate, schedule=config.schedule,
-      num_steps=config.num_steps, warmup_steps=config.warmup_steps,
-      weight_decay=config.weight_decay, momentum=config.momentum,
-      grad_clip=config.grad_clip)
-  trainer = mtrain.make_trainer(
-      fns, tasks, info.input_key, params, method=config.method, weighting=config.weighting,
-      optimizer=optimizer, rep_grad=config.rep_grad,
-      method_kwargs=parse_kwargs(config.method_kwargs),
-      weighting_kwargs=parse_kwargs(config.weighting_kwargs),
-      chunk_size=config.chunk_size or None, extra_batches=config.extra_batches,
-      mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
-      shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
-      min_size=int(_mesh_option(config, "min_size", 2 ** 10)))
+  if _mesh_option(config, "verify", False):
+    # A few steps on this mesh against one device (mtlx.sharding.check): ValueError
+    # before anything is written if they differ.
+    from mtlx.sharding import check as sharding_check  # pylint: disable=import-outside-toplevel
+    sharding_check.check_config(config, devices=devices).raise_if_failed()
+  trainer, params = build_trainer(config, info, tasks, mesh)
   # With extra_batches (MoDo, SDMGrad) every step reads 1 + extra_batches mini-batches.
   # batch_size is per host: each host reads its own slice of every global batch.
   train_iter_kw = dict(batch_size=config.batch_size * (1 + config.extra_batches),

@@ -123,13 +123,14 @@ def default_mesh_config():
   (``'fsdp'``: large leaves split over ``model``, a no-op when ``model=1``; or
   ``'replicated'``), ``shard_tasks`` (split the K axis of the per-task grads over
   ``task``; K must then be divisible by it) and ``min_size`` (the FSDP threshold in
-  elements). Override from the command line:
-  ``--config.mesh.data=4 --config.mesh.model=2``.
+  elements) and ``verify`` (``experiments/train.py`` first compares a few steps on
+  the mesh with one device, :mod:`mtlx.sharding.check`, and stops if they differ).
+  Override from the command line: ``--config.mesh.data=4 --config.mesh.model=2``.
   """
   import ml_collections
   return ml_collections.ConfigDict({"data": 1, "model": 1, "task": 1,
                                     "param_rule": "fsdp", "shard_tasks": True,
-                                    "min_size": 2 ** 10})
+                                    "min_size": 2 ** 10, "verify": False})
 
 
 def make_mesh(data: int = 1, model: int = 1, task: int = 1,

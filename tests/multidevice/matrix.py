@@ -1,0 +1,142 @@
+"""Every mesh x every engine x two models: the same params as one device.
+
+``tests/test_multidevice_matrix.py`` runs this file ONCE in a fresh interpreter
+with 8 emulated CPU devices and asserts on the ``RESULTS {...}`` JSON line it
+prints. What it measures:
+
+* ``matrix``: for each model (``MODELS``: the ``multi_digits`` hps CNN at the
+  sizes of ``configs/multi_digits.py``, and an MLP on the same flattened images),
+  each engine (``ENGINES``) and each mesh (``MESHES``: every factorisation of 8
+  devices into data x model x task, and 1 x 1 x 1), ``STEPS`` float32 train steps
+  of ``mtlx.train.make_trainer(..., mesh=)`` with the default FSDP rule, against the
+  same steps without a mesh on one device: the largest relative difference of
+  any parameter leaf (``max|a - b| / max|b|`` per leaf), and how many leaves FSDP
+  split.
+* ``xla_repro``: ``tests/multidevice/xla_repro.py`` with the dense kernel split
+  along its input axis (the XLA bug) and along its output axis (mtlx's rule).
+* ``guard``: ``mtlx.sharding.check`` on a tiny ``configs/multi_digits.py`` run:
+  the clean mesh passes, and the FSDP rule that splits the largest axis (the old,
+  bug-triggering layout) is caught with a non-zero difference.
+
+Adding an engine is one entry in ``ENGINES`` (make_trainer keyword arguments);
+adding a model one entry in ``MODELS``. Run directly for a readable report::
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/matrix.py
+"""
+
+import os
+import sys
+import time
+
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 " + FAST_COMPILE)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "multidevice"))
+
+import json  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mtlx import models as mmodels  # noqa: E402
+from mtlx import sharding  # noqa: E402
+from mtlx import train as mtrain  # noqa: E402
+from mtlx.data.specs import TaskSpec  # noqa: E402
+from mtlx.sharding import check as check_lib  # noqa: E402
+
+STEPS = 3
+BATCH = 16
+IMAGE = (8, 12, 1)   # multi_digits' canvas at its default config
+TASKS = tuple(TaskSpec(n, "classification", 10, ("accuracy",), (True,), n)
+              for n in ("left", "right"))
+K = len(TASKS)
+
+# name -> (input shape, hps keyword arguments). The CNN is configs/multi_digits.py's.
+MODELS = {
+    "cnn": (IMAGE, dict(widths=(16, 32), hidden=64, head_hidden=32)),
+    "mlp": ((int(np.prod(IMAGE)),), dict(widths=(64,), hidden=64, head_hidden=32)),
+}
+# engine -> make_trainer keyword arguments (DWA then the gradient-space method).
+ENGINES = {
+    "one_backward": dict(method="ls", weighting="dwa"),
+    "jacobian": dict(method="upgrad", weighting="dwa"),
+    "representation": dict(method="upgrad", weighting="dwa", rep_grad=True),
+}
+# Every factorisation of 8 devices into data x model x task, and one device.
+MESHES = [(1, 1, 1)] + [(d, m, 8 // (d * m)) for d in (1, 2, 4, 8) for m in (1, 2, 4, 8)
+                        if 8 % (d * m) == 0]
+
+
+def batches(input_shape, n=STEPS, seed=0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    b = {"image": rng.random((BATCH,) + tuple(input_shape)).astype(np.float32)}
+    for t in TASKS:
+      b[t.label_key] = rng.integers(0, t.num_outputs, size=(BATCH,)).astype(np.int32)
+    out.append(b)
+  return out
+
+
+def build(model, engine, mesh=None):
+  shape, kw = MODELS[model]
+  fns, params = mmodels.split(mmodels.get_model("hps", input_shape=shape, tasks=TASKS,
+                                                seed=0, **kw))
+  shard_tasks = mesh is not None and K % mesh.shape["task"] == 0
+  trainer = mtrain.make_trainer(fns, TASKS, "image", params,
+                                optimizer=mtrain.make_optimizer("adam", 1e-3), mesh=mesh,
+                                shard_tasks=shard_tasks, **ENGINES[engine])
+  return trainer, params
+
+
+def run(model, engine, shape):
+  mesh = None if shape is None else sharding.make_mesh(
+      *shape, devices=jax.devices()[:int(np.prod(shape))])
+  trainer, params = build(model, engine, mesh)
+  data = batches(MODELS[model][0])
+  state = trainer.init(params, trainer.shard_batch(data[0]), 0)
+  for b in data:
+    state, _ = trainer.step(state, trainer.shard_batch(b))
+  split = 0 if mesh is None else sum(
+      any(a is not None for a in x.sharding.spec) for x in jax.tree.leaves(state.params))
+  return jax.tree.map(np.asarray, state.params), split
+
+
+def check_matrix():
+  out = {}
+  for model in MODELS:
+    for engine in ENGINES:
+      ref, _ = run(model, engine, None)
+      for shape in MESHES:
+        t0 = time.time()
+        params, split = run(model, engine, shape)
+        diffs = check_lib.relative_differences(params, ref)
+        key = f"{model}/{engine}/{'x'.join(map(str, shape))}"
+        out[key] = {"max_rel": max(diffs.values()), "fsdp_leaves": split,
+                    "seconds": round(time.time() - t0, 2)}
+        print(key, out[key], flush=True)
+  return out
+
+
+def check_xla_repro():
+  import xla_repro  # tests/multidevice/xla_repro.py
+  from jax.sharding import PartitionSpec as P
+  return {"input_axis": xla_repro.run(P("model", None)),
+          "output_axis": xla_repro.run(P(None, "model"))}
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  t0 = time.time()
+  results = {"device_count": jax.device_count(), "steps": STEPS, "batch": BATCH,
+             "meshes": ["x".join(map(str, s)) for s in MESHES],
+             "engines": list(ENGINES), "models": list(MODELS),
+             "matrix": check_matrix(), "xla_repro": check_xla_repro()}
+  results["seconds"] = round(time.time() - t0, 1)
+  print("RESULTS " + json.dumps(results))
+
+
+if __name__ == "__main__":
+  main()
