@@ -184,3 +184,27 @@ def test_initialize_distributed_passes_process_count_and_id(monkeypatch):
                     "process_id": 1}]
   assert sharding.initialize_distributed(env={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"})
   assert calls[-1] == {}  # Slurm: jax's own cluster detection
+
+
+def test_check_relative_differences_and_report():
+  from mtlx.sharding import check
+  ref = {"a": np.array([1.0, -4.0]), "b": np.array([[2.0]]), "e": np.zeros((0,)),
+         "n": np.array([np.inf, 1.0])}
+  got = {"a": np.array([1.0, -3.0]), "b": np.array([[2.0]]), "e": np.zeros((0,)),
+         "n": np.array([np.inf, 1.5])}
+  d = check.relative_differences(got, ref)
+  assert d == {"['a']": 0.25, "['b']": 0.0, "['e']": 0.0, "['n']": 0.5}
+  d = check.relative_differences({"x": np.array([np.nan])}, {"x": np.array([1.0])})
+  assert d["['x']"] == np.inf
+  with pytest.raises(ValueError, match=r"shape \(2,\) vs \(3,\)"):
+    check.relative_differences({"x": np.zeros(2)}, {"x": np.zeros(3)})
+  res = check.CheckResult({"['a']": 0.25, "['b']": 0.0}, {"['a']": "P(None, 'model')"},
+                          {"data": 2, "model": 4, "task": 1}, 1e-4)
+  assert not res.ok and res.worst == 0.25
+  text = res.report()
+  assert "data=2 x model=4 x task=1" in text and "above tolerance" in text
+  assert text.splitlines()[2].startswith("['a']") and "FAILED" in text
+  with pytest.raises(ValueError, match="config.mesh.verify.*0.25 > tolerance 0.0001"):
+    res.raise_if_failed()
+  ok = res._replace(differences={"['a']": 1e-7})
+  assert ok.ok and ok.raise_if_failed() is ok and "OK: worst 1e-07" in ok.report()

@@ -52,7 +52,8 @@ def relative_differences(tree: Any, reference: Any) -> dict[str, float]:
     if not a.size:
       out[jax.tree_util.keystr(path)] = 0.0
       continue
-    diff = np.abs(a - b)
+    with np.errstate(invalid="ignore"):
+      diff = np.abs(a - b)
     same_nonfinite = (~np.isfinite(a)) & (a == b)
     diff = np.where(same_nonfinite, 0.0, diff)
     diff = np.where(np.isnan(diff), np.inf, diff)

@@ -127,13 +127,68 @@ def check_xla_repro():
           "output_axis": xla_repro.run(P(None, "model"))}
 
 
+def guard_config(data_dir, workdir, mesh=(2, 4, 1), **overrides):
+  from configs import multi_digits
+  c = multi_digits.get_config()
+  c.update(dict(workdir=workdir, data_dir=data_dir, num_steps=2, batch_size=16,
+                eval_batch_size=40, eval_every=2, checkpoint_every=2, log_every=1,
+                progress=False, tensorboard=False, val_split="", method="upgrad",
+                weighting="dwa"), **overrides)
+  c.builder_kwargs.update(dict(num_train=128, num_validation=8, num_test=40))
+  c.mesh.update(dict(zip(("data", "model", "task"), mesh)))
+  return c
+
+
+def _largest_axis_spec(shape, n, min_size):
+  """The FSDP rule before the fix: the largest divisible axis (can be an input axis)."""
+  from jax.sharding import PartitionSpec as P
+  if n == 1 or int(np.prod(shape)) < min_size:
+    return P()
+  candidates = [(size, axis) for axis, size in enumerate(shape) if size % n == 0]
+  if not candidates:
+    return P()
+  spec = [None] * len(shape)
+  spec[max(candidates)[1]] = "model"
+  return P(*spec)
+
+
+def check_guard():
+  """mtlx.sharding.check passes the real rule and catches the old one; the
+  trainer's mesh.verify stops a run on the old rule before writing anything."""
+  import tempfile
+  from experiments import train as train_exp
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    data_dir = os.path.join(tmp, "data")
+    good = check_lib.check_config(guard_config(data_dir, os.path.join(tmp, "a")))
+    out["clean"] = {"ok": good.ok, "worst": good.worst, "leaves": len(good.differences)}
+    fixed_rule = sharding._fsdp_spec  # noqa: SLF001
+    sharding._fsdp_spec = _largest_axis_spec  # noqa: SLF001
+    try:
+      bad = check_lib.check_config(guard_config(data_dir, os.path.join(tmp, "b")))
+      out["old_rule"] = {"ok": bad.ok, "worst": bad.worst, "report": bad.report()}
+      workdir = os.path.join(tmp, "verify")
+      config = guard_config(data_dir, workdir)
+      config.mesh.verify = True
+      try:
+        train_exp.train_and_evaluate(config)
+        out["verify_error"] = None
+      except ValueError as e:
+        out["verify_error"] = str(e)
+      out["verify_wrote_nothing"] = not os.path.exists(workdir)
+    finally:
+      sharding._fsdp_spec = fixed_rule  # noqa: SLF001
+  return out
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
   t0 = time.time()
   results = {"device_count": jax.device_count(), "steps": STEPS, "batch": BATCH,
              "meshes": ["x".join(map(str, s)) for s in MESHES],
              "engines": list(ENGINES), "models": list(MODELS),
-             "matrix": check_matrix(), "xla_repro": check_xla_repro()}
+             "xla_repro": check_xla_repro(), "guard": check_guard(),
+             "matrix": check_matrix()}
   results["seconds"] = round(time.time() - t0, 1)
   print("RESULTS " + json.dumps(results))
 
