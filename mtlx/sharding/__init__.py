@@ -34,6 +34,10 @@ The experiment trainer (:func:`mtlx.train.make_trainer` with ``mesh=``, driven b
 ``config.mesh`` in ``experiments/train.py``) takes its shardings from the same
 :func:`step_shardings`.
 
+Before a long run on a new model or mesh, compare a few steps with one device:
+``python -m mtlx.sharding.check --config ...`` (:mod:`mtlx.sharding.check`), or
+``config.mesh.verify=True`` in ``experiments/train.py``.
+
 Multi-host: call :func:`initialize_distributed` first thing in the entry point;
 every host runs the same program on its own slice of the global batch
 (:func:`host_batch_slice`, :func:`global_batch`), and only :func:`is_primary_host`
