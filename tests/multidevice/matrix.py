@@ -64,7 +64,7 @@ MODELS = {
 # DWA + UPGrad is the chain of the issue that found the bug. (IMTL-G compiles
 # faster, but its (D Uᵀ)⁻¹ amplifies float32 rounding: 4e-5 on the MLP's
 # representation engine at 4 x 2 x 1, a conditioning effect, not a sharding one.)
-# After the gramian engine lands: "gramian": dict(..., engine="gramian").
+# The gramian engine (one step builder, issue 12) is one more entry here.
 ENGINES = {
     "one_backward": dict(method="ls", weighting="dwa"),
     "jacobian": dict(method="upgrad", weighting="dwa"),
