@@ -425,6 +425,31 @@ class NonFiniteWatch:
     return self.run == 0
 
 
+def build_trainer(config, info, tasks, mesh, example_batch=None):
+  """``(trainer, params)``: the config's model, optimizer and step on ``mesh``
+  (``None``: one device, no shardings). ``example_batch`` (a local batch) lets
+  ``engine='auto'`` read the model's autogram plan."""
+  model = mmodels.get_model(config.model, input_shape=info.input_shape, tasks=tasks,
+                            **model_kwargs(config))
+  fns, params = mmodels.split(model)
+  optimizer = mtrain.make_optimizer(
+      config.optimizer, config.learning_rate, schedule=config.schedule,
+      num_steps=config.num_steps, warmup_steps=config.warmup_steps,
+      weight_decay=config.weight_decay, momentum=config.momentum,
+      grad_clip=config.grad_clip)
+  trainer = mtrain.make_trainer(
+      fns, tasks, info.input_key, params, method=config.method, weighting=config.weighting,
+      optimizer=optimizer, engine=engine(config),
+      method_kwargs=parse_kwargs(config.method_kwargs),
+      weighting_kwargs=parse_kwargs(config.weighting_kwargs),
+      example_batch=example_batch,
+      chunk_size=config.chunk_size or None, extra_batches=config.extra_batches,
+      mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
+      shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
+      min_size=int(_mesh_option(config, "min_size", 2 ** 10)))
+  return trainer, params
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> dict:
   """Trains as the config says and returns the last ``eval`` row's values.
 
@@ -468,30 +493,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
         f"mini-batches x {jax.process_count()} process(es) = {global_rows} rows) is not "
         f"divisible by config.mesh.data={mesh.shape['data']}; expected a multiple.")
 
-  model = mmodels.get_model(config.model, input_shape=info.input_shape, tasks=tasks,
-                            **model_kwargs(config))
-  fns, params = mmodels.split(model)
-  optimizer = mtrain.make_optimizer(
-      config.optimizer, config.learning_rate, schedule=config.schedule,
-      num_steps=config.num_steps, warmup_steps=config.warmup_steps,
-      weight_decay=config.weight_decay, momentum=config.momentum,
-      grad_clip=config.grad_clip)
+  if _mesh_option(config, "verify", False):
+    # A few steps on this mesh against one device (mtlx.sharding.check): ValueError
+    # before anything is written if they differ.
+    from mtlx.sharding import check as sharding_check  # pylint: disable=import-outside-toplevel
+    sharding_check.check_config(config, devices=devices).raise_if_failed()
   # With extra_batches (MoDo, SDMGrad) every step reads 1 + extra_batches mini-batches.
   # batch_size is per host: each host reads its own slice of every global batch.
   train_iter_kw = dict(batch_size=config.batch_size * (1 + config.extra_batches),
                        seed=config.seed, shuffle=True, process_index=jax.process_index(),
                        process_count=jax.process_count(), **_data_kwargs(config))
   local_example = next(mdata.make_iterator(config.dataset, config.train_split, **train_iter_kw))
-  trainer = mtrain.make_trainer(
-      fns, tasks, info.input_key, params, method=config.method, weighting=config.weighting,
-      optimizer=optimizer, engine=engine(config),
-      method_kwargs=parse_kwargs(config.method_kwargs),
-      weighting_kwargs=parse_kwargs(config.weighting_kwargs),
-      example_batch=local_example,  # engine='auto' reads the model's autogram plan
-      chunk_size=config.chunk_size or None, extra_batches=config.extra_batches,
-      mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
-      shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
-      min_size=int(_mesh_option(config, "min_size", 2 ** 10)))
+  trainer, params = build_trainer(config, info, tasks, mesh, example_batch=local_example)
   example = trainer.shard_batch(local_example)
   state = trainer.init(params, example, config.seed)  # placed on the mesh
   try:  # trace the step once: a method's errors surface here, before training

@@ -48,15 +48,24 @@ def test_mesh_config_from_ml_collections():
 PARAMS = {
     "dense": {"kernel": jnp.zeros((64, 96)), "bias": jnp.zeros((96,))},
     "odd": jnp.zeros((33, 35)),          # no axis divisible by 4
-    "conv": jnp.zeros((3, 3, 16, 32)),   # largest divisible axis: 32 (last)
-    "tie": jnp.zeros((128, 128)),        # tie -> the later axis
+    "conv": jnp.zeros((3, 3, 16, 32)),   # the output channels (last axis)
+    "tie": jnp.zeros((128, 128)),        # the output axis
+    # A dense kernel after a flatten: its input axis is the larger and divisible,
+    # but only the output axis may be split (XLA bug, see sharding._fsdp_spec).
+    "flat": jnp.zeros((192, 64)),
+    "out_odd": jnp.zeros((256, 10)),     # output axis not divisible by 4: replicated
 }
 
 
 def test_fsdp_rule():
   sh = specs(sharding.param_shardings(PARAMS, MESH_24, "fsdp", min_size=1024))
   assert sh == {"dense": {"kernel": P(None, "model"), "bias": P()}, "odd": P(),
-                "conv": P(None, None, None, "model"), "tie": P(None, "model")}
+                "conv": P(None, None, None, "model"), "tie": P(None, "model"),
+                "flat": P(None, "model"), "out_odd": P()}
+  # With min_size 1 the bias (96 over 4) is split too; scalars never are.
+  small = specs(sharding.param_shardings({"b": jnp.zeros((96,)), "s": jnp.zeros(())},
+                                         MESH_24, "fsdp", min_size=1))
+  assert small == {"b": P("model"), "s": P()}
   rep = specs(sharding.param_shardings(PARAMS, MESH_24))
   assert all(s == P() for s in jax.tree.leaves(rep, is_leaf=lambda s: isinstance(s, P)))
   with pytest.raises(ValueError, match=r"rule='zero3'.*\['fsdp', 'replicated'\]"):
@@ -175,3 +184,27 @@ def test_initialize_distributed_passes_process_count_and_id(monkeypatch):
                     "process_id": 1}]
   assert sharding.initialize_distributed(env={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"})
   assert calls[-1] == {}  # Slurm: jax's own cluster detection
+
+
+def test_check_relative_differences_and_report():
+  from mtlx.sharding import check
+  ref = {"a": np.array([1.0, -4.0]), "b": np.array([[2.0]]), "e": np.zeros((0,)),
+         "n": np.array([np.inf, 1.0])}
+  got = {"a": np.array([1.0, -3.0]), "b": np.array([[2.0]]), "e": np.zeros((0,)),
+         "n": np.array([np.inf, 1.5])}
+  d = check.relative_differences(got, ref)
+  assert d == {"['a']": 0.25, "['b']": 0.0, "['e']": 0.0, "['n']": 0.5}
+  d = check.relative_differences({"x": np.array([np.nan])}, {"x": np.array([1.0])})
+  assert d["['x']"] == np.inf
+  with pytest.raises(ValueError, match=r"shape \(2,\) vs \(3,\)"):
+    check.relative_differences({"x": np.zeros(2)}, {"x": np.zeros(3)})
+  res = check.CheckResult({"['a']": 0.25, "['b']": 0.0}, {"['a']": "P(None, 'model')"},
+                          {"data": 2, "model": 4, "task": 1}, 1e-4)
+  assert not res.ok and res.worst == 0.25
+  text = res.report()
+  assert "data=2 x model=4 x task=1" in text and "above tolerance" in text
+  assert text.splitlines()[2].startswith("['a']") and "FAILED" in text
+  with pytest.raises(ValueError, match="config.mesh.verify.*0.25 > tolerance 0.0001"):
+    res.raise_if_failed()
+  ok = res._replace(differences={"['a']": 1e-7})
+  assert ok.ok and ok.raise_if_failed() is ok and "OK: worst 1e-07" in ok.report()

@@ -8,8 +8,9 @@ collectives. What each axis does:
 
 * ``data``: the batch's leading axis is split over it; per-task grads are summed
   over it by an all-reduce that XLA inserts in the backward pass.
-* ``model``: FSDP. Each large parameter has its largest axis divisible by the axis
-  size split over it; the per-task grads (``[K, *param.shape]``) are split the same
+* ``model``: FSDP. Each large parameter has its last (output-feature) axis split
+  over it when the axis size divides it (never an input axis: an XLA partitioner
+  bug, see :func:`_fsdp_spec`); the per-task grads (``[K, *param.shape]``) are split the same
   way. ``mtlx.gramian`` is a per-leaf ``dot_general`` that contracts the parameter
   axes, so every device contracts its own shard and XLA all-reduces the ``K × K``
   partial sums; the weights ``w = f(G)`` are computed replicated and the combination
@@ -33,6 +34,10 @@ The step itself is :func:`mtlx.train.make_step` (every engine) with ``mesh=``::
 It takes its shardings from :func:`step_shardings`; so does the experiment trainer
 (:func:`mtlx.train.make_trainer` with ``mesh=``, driven by ``config.mesh`` in
 ``experiments/train.py``).
+
+Before a long run on a new model or mesh, compare a few steps with one device:
+``python -m mtlx.sharding.check --config ...`` (:mod:`mtlx.sharding.check`), or
+``config.mesh.verify=True`` in ``experiments/train.py``.
 
 Multi-host: call :func:`initialize_distributed` first thing in the entry point;
 every host runs the same program on its own slice of the global batch
@@ -118,13 +123,14 @@ def default_mesh_config():
   (``'fsdp'``: large leaves split over ``model``, a no-op when ``model=1``; or
   ``'replicated'``), ``shard_tasks`` (split the K axis of the per-task grads over
   ``task``; K must then be divisible by it) and ``min_size`` (the FSDP threshold in
-  elements). Override from the command line:
-  ``--config.mesh.data=4 --config.mesh.model=2``.
+  elements) and ``verify`` (``experiments/train.py`` first compares a few steps on
+  the mesh with one device, :mod:`mtlx.sharding.check`, and stops if they differ).
+  Override from the command line: ``--config.mesh.data=4 --config.mesh.model=2``.
   """
   import ml_collections
   return ml_collections.ConfigDict({"data": 1, "model": 1, "task": 1,
                                     "param_rule": "fsdp", "shard_tasks": True,
-                                    "min_size": 2 ** 10})
+                                    "min_size": 2 ** 10, "verify": False})
 
 
 def make_mesh(data: int = 1, model: int = 1, task: int = 1,
@@ -173,12 +179,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def _fsdp_spec(shape: tuple[int, ...], n: int, min_size: int) -> P:
-  if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+  """FSDP spec of one leaf: its LAST axis over ``'model'``, else replicated.
+
+  The last axis is the output-feature axis of flax's kernels (dense ``[in, out]``,
+  conv ``[h, w, in, out]``) and the feature axis of embeddings and biases. Only
+  that axis is split, never an input axis: with jax/jaxlib 0.10.2 (CPU, Shardy and
+  GSPMD) XLA's SPMD partitioner gets the backward pass of ``conv -> relu -> conv ->
+  relu -> reshape -> dense`` wrong when the dense kernel is split along its input
+  (contracting) axis: the conv kernels' gradients come out multiplied by the size
+  of a replicated mesh axis (an all-reduce over devices that hold the same
+  values), and under ``vmap`` of the VJP even the losses differ. Splitting the
+  output axis keeps the contraction unsharded, so that layout never arises
+  (``tests/multidevice/xla_repro.py`` holds the pure-JAX reproduction).
+  A leaf whose last axis is not divisible by ``n`` stays replicated.
+  """
+  if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size or not shape:
     return P()
-  candidates = [(size, axis) for axis, size in enumerate(shape) if size % n == 0]
-  if not candidates:
+  axis = len(shape) - 1
+  if shape[axis] % n:
     return P()
-  _, axis = max(candidates)  # largest axis; ties -> the later axis
   spec = [None] * len(shape)
   spec[axis] = "model"
   return P(*spec)
@@ -192,9 +211,10 @@ def param_shardings(params: PyTree, mesh: Mesh, rule: str = "replicated", *,
     params: the params (arrays or ``jax.ShapeDtypeStruct`` s).
     mesh: a mesh from :func:`make_mesh`.
     rule: ``'replicated'`` (every device holds every parameter) or ``'fsdp'``: each
-      leaf of at least ``min_size`` elements has its largest axis whose size is
-      divisible by the ``model`` axis size split over ``'model'`` (smaller leaves
-      and leaves with no divisible axis stay replicated).
+      leaf of at least ``min_size`` elements has its last (output-feature) axis
+      split over ``'model'`` when the ``model`` axis size divides it (smaller
+      leaves and leaves whose last axis does not divide stay replicated). Input
+      axes are never split: see :func:`_fsdp_spec` for the XLA bug that avoids.
     min_size: the FSDP size threshold in elements.
 
   Raises:
