@@ -128,7 +128,7 @@ class GPTEncoder(nnx.Module):
     if self.head == "lm":
       if self.tied:  # the LM head reads wte: it stays in the encoder, z = logits
         out = jnp.einsum("...d,vd->...v", out, self.wte.value.astype(self.dtype)).astype(
-            jnp.float32)
+            tf.wide(self.dtype))
       return tf.representation(out, aux, self.has_moe)
     pooled = out[:, :, -1] if self.pool == "last" else jnp.mean(out, axis=2)
     return tf.representation(pooled, aux, self.has_moe)
@@ -148,7 +148,7 @@ class LMHead(nnx.Module):
       return h
     w = self.w.value
     return jnp.einsum("...d,vd->...v", h.astype(self.dtype), w.astype(self.dtype)).astype(
-        jnp.float32)
+        tf.wide(self.dtype))
 
 
 class GPTDecoder(nnx.Module):
@@ -237,8 +237,9 @@ def lm_task_losses(logits: jax.Array, targets: jax.Array, task_masks: jax.Array)
   if task_masks.ndim != 3 or task_masks.shape[1:] != targets.shape:
     raise ValueError(f"task_masks has shape {task_masks.shape}; expected [K, "
                      f"{', '.join(map(str, targets.shape))}].")
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  m = task_masks.astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), targets)
+  m = task_masks.astype(ce.dtype)
   return jnp.sum(m * ce[None], axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
 
 

@@ -46,9 +46,9 @@ def balance_loss(probs: jax.Array, top_idx: jax.Array) -> jax.Array:
   """
   n, e = probs.shape
   k = top_idx.shape[-1]
-  counts = jnp.sum(jax.nn.one_hot(top_idx, e, dtype=jnp.float32), axis=(0, 1))
+  counts = jnp.sum(jax.nn.one_hot(top_idx, e, dtype=probs.dtype), axis=(0, 1))
   frac = counts / (n * k)
-  mean_p = jnp.mean(probs.astype(jnp.float32), axis=0)
+  mean_p = jnp.mean(probs, axis=0)
   return e * jnp.sum(frac * mean_p)
 
 
@@ -91,11 +91,12 @@ class SparseMoEMLP(nnx.Module):
     elif self.num_routers != s:
       raise ValueError(f"SparseMoEMLP has {self.num_routers} routers but got {s} streams; "
                        "expected one router per stream.")
-    logits = jnp.einsum("snd,sde->sne", x, w_r.astype(x.dtype)).astype(jnp.float32)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    logits = jnp.einsum("snd,sde->sne", x, w_r.astype(x.dtype)).astype(acc)
     probs = jax.nn.softmax(logits, axis=-1)
     top_p, top_idx = jax.lax.top_k(probs, self.top_k)
     top_g = top_p / jnp.sum(top_p, axis=-1, keepdims=True)
-    gates = jnp.sum(jax.nn.one_hot(top_idx, self.num_experts, dtype=jnp.float32)
+    gates = jnp.sum(jax.nn.one_hot(top_idx, self.num_experts, dtype=acc)
                     * top_g[..., None], axis=-2)
     return probs, top_idx, gates
 

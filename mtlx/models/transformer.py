@@ -67,6 +67,11 @@ def resolve_size(presets: dict, preset: str, **overrides) -> Size:
   return size
 
 
+def wide(dtype):
+  """float32, or float64 for float64 runs: where losses, softmaxes and aux terms live."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def dropout(x, rate: float, key):
   """Inverted dropout; identity when ``key`` is None or ``rate`` is 0."""
   if key is None or rate == 0.0:
@@ -93,10 +98,11 @@ class Attention(nnx.Module):
       return y.reshape(s, b, t, h, d // h)
 
     q, k, v = split_heads(self.q(x)), split_heads(self.k(x)), split_heads(self.v(x))
-    logits = jnp.einsum("sbqhc,sbkhc->sbhqk", q, k).astype(jnp.float32) / math.sqrt(d // h)
+    acc = wide(self.dtype)
+    logits = jnp.einsum("sbqhc,sbkhc->sbhqk", q, k).astype(acc) / math.sqrt(d // h)
     if self.causal:
       mask = jnp.tril(jnp.ones((t, t), bool))
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+      logits = jnp.where(mask, logits, jnp.finfo(acc).min)
     att = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     y = jnp.einsum("sbhqk,sbkhc->sbqhc", att, v).reshape(s, b, t, d)
     return self.o(y)
@@ -110,7 +116,7 @@ class MLP(nnx.Module):
     self.fc2 = lora_lib.LoRALinear(hidden, dim, dtype=dtype, rngs=rngs, **lora)
 
   def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x))), jnp.zeros((), jnp.float32)
+    return self.fc2(jax.nn.gelu(self.fc1(x))), jnp.zeros((), wide(x.dtype))
 
 
 class Block(nnx.Module):
@@ -193,7 +199,7 @@ class Stack(nnx.Module):
     self.num_streams = streams
 
   def __call__(self, x, key=None):
-    aux = jnp.zeros((), jnp.float32)
+    aux = jnp.zeros((), wide(x.dtype))
     for i, block in enumerate(self.blocks):
       k = jax.random.fold_in(key, i) if key is not None else None
       if self.remat:
@@ -226,7 +232,7 @@ class TaskHeads(nnx.Module):
     out = {}
     for i, n in enumerate(self.names):
       r = reps[i if reps.shape[0] > 1 else 0]
-      out[n] = self.heads[n](r[None])[0].astype(jnp.float32)
+      out[n] = self.heads[n](r[None])[0].astype(wide(r.dtype))
     if isinstance(z, dict) and "aux" in z:
       out["aux/moe_balance"] = z["aux"]
     return out
