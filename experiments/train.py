@@ -105,6 +105,11 @@ def model_kwargs(config) -> dict:
   kw = {k: v for k, v in parse_kwargs(config.model_kwargs).items() if k in accepted}
   kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
   kw["seed"] = int(config.seed)
+  # Transformers (vit, gpt): compute dtype and per-block remat from the top-level keys.
+  if "dtype" in accepted and config.get("compute_dtype"):
+    kw["dtype"] = str(config.compute_dtype)
+  if "remat" in accepted and config.get("remat") is not None:
+    kw["remat"] = bool(config.remat)
   return kw
 
 
