@@ -104,7 +104,7 @@ def test_lora_zero_init_equals_base_and_adapters_are_per_task(name):
   # adapter 0 moves task "a" only
   p2 = jax.tree_util.tree_map(lambda a: a, p_l)
   lb = p2["encoder"]["stack"]["blocks"][0]["mlp"]["fc2"]["lora_b"]
-  bump = jax.random.normal(jax.random.key(0), lb.shape[1:])  # not constant: LN removes those
+  bump = jax.random.normal(jax.random.key(0), lb.shape[1:], lb.dtype)  # not constant: LN removes those
   p2["encoder"]["stack"]["blocks"][0]["mlp"]["fc2"]["lora_b"] = lb.at[0].set(bump)
   out2 = fns_l.apply(p2, x)
   assert np.abs(out2["a"] - out_l["a"]).max() > 1e-3
@@ -261,15 +261,17 @@ def test_gramian_engine_tied_lm_and_forced_ghost():
 @pytest.mark.parametrize("config_name,overrides", [
     ("vit", {"method": "upgrad", "compute_dtype": "bfloat16"}),
     ("gpt", {"method": "ls", "weighting": "famo", "remat": True}),
+    ("gpt", {"method": "upgrad", "rep_grad": True, "num_steps": 2, "eval_every": 2,
+             "checkpoint_every": 2, "log_every": 1}),
 ])
 def test_experiments_train_runs_tiny(tmp_path, config_name, overrides):
   import importlib
   from experiments import train as train_exp
   config = importlib.import_module(f"configs.{config_name}").get_config()
-  config.update(dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=4,
-                     batch_size=16, eval_batch_size=64, data_dir=str(tmp_path / "data"),
-                     workdir=str(tmp_path / "run"), progress=False, tensorboard=False,
-                     val_split="", **overrides))
+  config.update(dict(dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=4,
+                          batch_size=16, eval_batch_size=64, data_dir=str(tmp_path / "data"),
+                          workdir=str(tmp_path / "run"), progress=False, tensorboard=False,
+                          val_split=""), **overrides))
   config.builder_kwargs.update(dict(num_train=64, num_validation=16, num_test=64))
   result = train_exp.train_and_evaluate(config)
   assert set(result) >= {"loss/left", "loss/right", "accuracy/left", "accuracy/right"}
