@@ -128,6 +128,11 @@ def model_kwargs(config) -> dict:
                      f"{config.model!r} does not take; expected some of {accepted}.")
   kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
   kw["seed"] = int(config.seed)
+  # Transformers (vit, gpt): compute dtype and per-block remat from the top-level keys.
+  if "dtype" in accepted and config.get("compute_dtype"):
+    kw["dtype"] = str(config.compute_dtype)
+  if "remat" in accepted and config.get("remat") is not None:
+    kw["remat"] = bool(config.remat)
   return kw
 
 

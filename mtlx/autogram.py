@@ -128,7 +128,7 @@ def _analyse(jaxpr, srcs, path, uses, bad):
       continue
     for s in ins:
       if s is not None:
-        bad.add(s)
+        bad.setdefault(s, set()).add(name)  # param -> the primitives it fell back on
   return [src(v) for v in jaxpr.outvars]
 
 
@@ -178,8 +178,7 @@ def _block(x3, d4, method):
   acc = _acc(x3.dtype, d4.dtype)
   x3 = x3.astype(acc)
   d4 = d4.astype(acc)
-  ghost = bt * f * f * c + k * bt * f * f * r + k * k * bt * f * r
-  direct = k * bt * f * c * r + k * k * bt * c * r
+  ghost, direct = block_costs(bt, f, c, r, k)
   if method == "ghost" or (method == "auto" and ghost < direct):
     xx = jnp.einsum("bfc,bgc->bfg", x3, x3)
     h = jnp.einsum("bfg,kbfr->kbgr", xx, d4)
@@ -257,8 +256,7 @@ def _gather_block(eqn, idx, d, method):
   acc = _acc(d.dtype)
   d3 = jnp.where(valid[None, :, None], d3, 0).astype(acc)
   dim = d3.shape[2]
-  ghost = n * n + k * n * n * dim + k * k * n * dim
-  direct = k * n * dim + k * k * vocab * dim
+  ghost, direct = gather_costs(n, dim, vocab, k)
   if method == "ghost" or (method == "auto" and ghost < direct):
     same = ((ids[:, None] == ids[None, :]) & valid[:, None] & valid[None, :]).astype(acc)
     h = jnp.einsum("nm,kmd->knd", same, d3)
@@ -268,6 +266,28 @@ def _gather_block(eqn, idx, d, method):
   return jnp.einsum("kvd,lvd->kl", dw, dw)
 
 
+def block_costs(bt: int, f: int, c: int, r: int, k: int) -> tuple[int, int]:
+  """Flops of one layer's Gramian block by the ghost formula and by its per-task grads.
+
+  For activations ``[Bt, F, C]`` and K cotangents ``[K, Bt, F, R]`` (``F`` = the
+  positions the layer is applied at: batch × sequence for a transformer's
+  projections, ``Bt`` = ``dot_general`` batch dims such as LoRA adapters or MoE
+  experts): ghost ``Bt F² (C + K R) + K² Bt F R`` (tokens²), direct
+  ``K Bt F C R + K² Bt C R`` (K × params). Memory: ghost ``Bt F²`` for ``X Xᵀ``,
+  direct ``K Bt C R``.
+  """
+  ghost = bt * f * f * c + k * bt * f * f * r + k * k * bt * f * r
+  direct = k * bt * f * c * r + k * k * bt * c * r
+  return ghost, direct
+
+
+def gather_costs(n: int, dim: int, vocab: int, k: int) -> tuple[int, int]:
+  """Flops of an embedding's block (``n`` looked-up rows of a ``vocab × dim`` table):
+  ghost ``n² + K n² dim + K² n dim`` (the id-equality matrix), direct
+  ``K n dim + K² vocab dim`` (scatter-add into K tables, memory ``K vocab dim``)."""
+  return n * n + k * n * n * dim + k * k * n * dim, k * n * dim + k * k * vocab * dim
+
+
 class AutogramPlan(NamedTuple):
   """Which parameters take the activation path and which fall back (for inspection).
 
@@ -275,13 +295,99 @@ class AutogramPlan(NamedTuple):
     layers: ``{param_path: kind}`` for parameters whose Gramian block comes from
       activations and output cotangents (``'dot'``, ``'conv'``, ``'gather'``).
     fallback: paths of parameters whose per-task grads are computed directly.
+    methods: ``{param_path: 'ghost' | 'direct'}``, how each layer's block is
+      computed under ``method='auto'`` (the fewer flops of :func:`block_costs` /
+      :func:`gather_costs`, at the traced shapes and K).
+    costs: ``{param_path: (ghost_flops, direct_flops)}``.
+    reasons: ``{param_path: why}`` for every fallback parameter (an elementwise
+      use such as a bias or norm scale, a tied weight used by several layers, an
+      unsupported op): no fallback is silent.
   """
   layers: dict
   fallback: list
+  methods: dict = {}
+  costs: dict = {}
+  reasons: dict = {}
+
+
+def _use_dims(eqn, use):
+  """``(Bt, F, C, R)`` of a dot/conv layer, or ``(n, dim, vocab)`` of a gather, from
+  the equation's shapes (what :func:`_dot_block` / :func:`_conv_block` /
+  :func:`_gather_block` reshape to)."""
+  if use.kind == "gather":
+    out = eqn.outvars[0].aval.shape
+    offset = tuple(eqn.params["dimension_numbers"].offset_dims)
+    dim = math.prod(out[a] for a in offset)
+    n = math.prod(out) // max(dim, 1)
+    return n, dim, eqn.invars[0].aval.shape[0]
+  if use.kind == "conv":
+    dn = eqn.params["dimension_numbers"]
+    rhs = eqn.invars[1].aval.shape
+    out = eqn.outvars[0].aval.shape
+    c = math.prod(rhs[a] for a in dn.rhs_spec[1:])
+    r = out[dn.out_spec[1]]
+    return 1, math.prod(out) // r, c, r
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  xs = eqn.invars[1 - use.param_pos].aval.shape
+  ws = eqn.invars[use.param_pos].aval.shape
+  xb, xc = (lb, lc) if use.param_pos == 1 else (rb, rc)
+  wb, wc = (rb, rc) if use.param_pos == 1 else (lb, lc)
+  bt = math.prod(xs[a] for a in xb)
+  c = math.prod(xs[a] for a in xc)
+  f = math.prod(xs[a] for a in range(len(xs)) if a not in xb and a not in xc)
+  r = math.prod(ws[a] for a in range(len(ws)) if a not in wb and a not in wc)
+  return bt, f, c, r
+
+
+def _layer_choices(jaxpr, layers, k, method="auto"):
+  """``{param index: (method, (ghost, direct))}`` for the planned layers."""
+  eqns = {}
+
+  def find(jx, path):
+    for i, eqn in enumerate(jx.eqns):
+      here = path + (i,)
+      if here in layers:
+        eqns[here] = eqn
+      inner, _ = _inner_jaxpr(eqn) if eqn.primitive.name in _CALLS else (None, ())
+      if inner is not None:
+        find(inner, here)
+
+  find(jaxpr, ())
+  out = {}
+  for path, (i, use) in layers.items():
+    dims = _use_dims(eqns[path], use)
+    costs = gather_costs(*dims, k) if use.kind == "gather" else block_costs(*dims, k)
+    choice = method if method != "auto" else ("ghost" if costs[0] < costs[1] else "direct")
+    out[i] = (choice, costs)
+  return out
+
+
+def _fallback_reasons(jaxpr, n_params, handled, dtypes) -> dict:
+  """``{param index: why it falls back}`` for every param not in ``handled``."""
+  uses, bad = {}, {}
+  _analyse(jaxpr, list(range(n_params)) + [None] * (len(jaxpr.invars) - n_params),
+           (), uses, bad)
+  reasons = {}
+  for i in range(n_params):
+    if i in handled:
+      continue
+    if not jnp.issubdtype(dtypes[i], jnp.inexact):
+      reasons[i] = "not floating: no gradient"
+    elif len(uses.get(i, ())) > 1 and i not in bad:
+      kinds = ", ".join(u.kind for u in uses[i])
+      reasons[i] = (f"tied: used by {len(uses[i])} layers ({kinds}); direct per-task "
+                    "grads (K x |W|)")
+    elif i in bad:
+      ops = ", ".join(sorted(bad[i]))
+      extra = f" and {len(uses[i])} layer(s)" if uses.get(i) else ""
+      reasons[i] = f"used by {ops}{extra} (elementwise / not a layer); direct per-task grads"
+    else:
+      reasons[i] = "unused by the losses: zero gradient"
+  return reasons
 
 
 def _plan(jaxpr, n_params):
-  uses, bad = {}, set()
+  uses, bad = {}, {}
   _analyse(jaxpr, list(range(n_params)) + [None] * (len(jaxpr.invars) - n_params),
            (), uses, bad)
   layers = {}
@@ -327,13 +433,31 @@ def _trace(loss_fn, has_aux, params, args):
 
 
 def autogram_plan(loss_fn: Callable[..., Any], params: PyTree, *args,
-                  has_aux: bool = False) -> AutogramPlan:
-  """Which parameters :func:`value_and_gramian` handles layer-wise and which fall back."""
+                  has_aux: bool = False, method: str = "auto") -> AutogramPlan:
+  """Which parameters :func:`value_and_gramian` handles layer-wise, how (ghost or
+  direct, with both flop counts), and why each other parameter falls back.
+
+  Transformers: attention q/k/v/o projections and MLP kernels are ``dot`` layers
+  whose ghost contraction runs over batch × sequence positions (``F = B·T``, cost
+  ``∝ F²``) while the direct block costs ``∝ K · |W|``; LoRA adapters and MoE
+  experts are ``dot`` layers with ``dot_general`` batch dims (adapter / expert);
+  token embeddings are ``gather`` layers; a tied embedding (gather + LM-head dot)
+  falls back, listed with its reason.
+  """
+  validation.check_choice(method, METHODS, "method")
   closed, p_leaves, p_tree, _, _ = _trace(loss_fn, has_aux, params, args)
   layers, handled = _plan(closed.jaxpr, len(p_leaves))
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  out_avals = [v.aval for v in closed.jaxpr.outvars]
+  k = int(out_avals[0].shape[0]) if out_avals and out_avals[0].ndim == 1 else 1
+  choices = _layer_choices(closed.jaxpr, layers, k, method)
+  dtypes = [jnp.result_type(x) for x in p_leaves]
+  reasons = _fallback_reasons(closed.jaxpr, len(p_leaves), handled, dtypes)
   return AutogramPlan({paths[i]: u.kind for i, u in layers.values()},
-                      [paths[i] for i in range(len(p_leaves)) if i not in handled])
+                      [paths[i] for i in range(len(p_leaves)) if i not in handled],
+                      {paths[i]: c[0] for i, c in choices.items()},
+                      {paths[i]: c[1] for i, c in choices.items()},
+                      {paths[i]: r for i, r in reasons.items()})
 
 
 def value_and_gramian(loss_fn: Callable[..., Any], *, has_aux: bool = False,

@@ -2,6 +2,9 @@
 task-specific decoder (``mtlx.models.split`` gives pure functions and params).
 
 ``get_model(name, input_shape=..., tasks=..., **kwargs)`` builds one by name.
+Transformers: ``vit`` (:mod:`mtlx.models.vit`) and ``gpt`` (:mod:`mtlx.models.gpt`),
+with per-task LoRA (:mod:`mtlx.models.lora`) and sparse MoE
+(:mod:`mtlx.models.sparse_moe`) options and size presets.
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ from mtlx.models.attention import mtan
 from mtlx.models.progressive import cgc
 from mtlx.models.progressive import ple
 from mtlx.models.two_branch import two_branch
+from mtlx.models.vit import vit
+from mtlx.models.gpt import gpt
+from mtlx.models.gpt import lm_task_losses
+from mtlx.models.transformer import aux_losses
+from mtlx.models.lora import mto_mask
+from mtlx.models.lora import param_labels
 
 REGISTRY = {
     "hps": hps,
@@ -30,6 +39,8 @@ REGISTRY = {
     "mtan": mtan,
     "dselect_k": dselect_k,
     "two_branch": two_branch,
+    "vit": vit,
+    "gpt": gpt,
 }
 
 
@@ -60,6 +71,7 @@ def get_model(name: str, *, input_shape: Sequence[int], tasks: Sequence[Any],
 
 
 __all__ = [
-    "MTLModel", "ModelFns", "REGISTRY", "count_params", "cross_stitch", "cgc",
-    "dselect_k", "get_model", "hps", "mmoe", "model_names", "mtan", "ple", "split", "two_branch",
+    "MTLModel", "ModelFns", "REGISTRY", "aux_losses", "count_params", "cross_stitch",
+    "cgc", "dselect_k", "get_model", "gpt", "hps", "lm_task_losses", "mmoe",
+    "model_names", "mto_mask", "mtan", "param_labels", "ple", "split", "two_branch", "vit",
 ]

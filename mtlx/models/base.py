@@ -35,8 +35,9 @@ class ModelFns(NamedTuple):
   """Pure functions of a split :class:`MTLModel` (params are plain nested dicts).
 
   Attributes:
-    apply: ``(params, x) -> {task: prediction}``, params ``{'encoder': ..., 'decoder': ...}``.
-    encode: ``(encoder_params, x) -> z``.
+    apply: ``(params, x, **kw) -> {task: prediction}``, params ``{'encoder': ..., 'decoder': ...}``.
+    encode: ``(encoder_params, x, **kw) -> z``; keyword arguments go to the encoder
+      (the transformers take ``dropout_key=``).
     decode: ``(decoder_params, z, x) -> {task: prediction}``.
     task_names: task order (the order of the loss vector).
   """
@@ -56,14 +57,14 @@ def split(model: MTLModel) -> tuple[ModelFns, dict]:
   gd_dec, st_dec = nnx.split(model.decoder)
   params = {"encoder": nnx.to_pure_dict(st_enc), "decoder": nnx.to_pure_dict(st_dec)}
 
-  def encode(enc_params, x):
-    return nnx.merge(gd_enc, enc_params)(x)
+  def encode(enc_params, x, **kwargs):
+    return nnx.merge(gd_enc, enc_params)(x, **kwargs)
 
   def decode(dec_params, z, x):
     return nnx.merge(gd_dec, dec_params)(z, x)
 
-  def apply(p, x):
-    return decode(p["decoder"], encode(p["encoder"], x), x)
+  def apply(p, x, **kwargs):
+    return decode(p["decoder"], encode(p["encoder"], x, **kwargs), x)
 
   return ModelFns(apply, encode, decode, model.task_names), params
 

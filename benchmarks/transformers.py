@@ -1,0 +1,365 @@
+"""What each MTO engine costs on the transformers (``mtlx.models.vit`` / ``gpt``).
+
+Two modes (a script, not a test; prints markdown tables, ``--out`` appends them):
+
+``run``      step time (median of ``--repeats`` after one warm-up) and the compiled
+             step's memory (``compiled.memory_analysis()``: arguments + temporaries)
+             per engine and method, as ratios to the one-backward LS step timed in
+             the same run, on the local devices::
+
+               python benchmarks/transformers.py run --models vit,gpt --presets tiny \\
+                   --ks 2,8,32 [--dtype bfloat16]
+
+``compile``  compile only (no run) the UPGrad step of every engine, and the LS
+             one-backward step, for large presets on meshes of emulated CPU devices
+             (``--xla_force_host_platform_device_count``), params, optimizer state and
+             batch sharded FSDP-style over all devices; reports per-device memory from
+             ``memory_analysis()`` and the bytes moved by collectives in the HLO::
+
+               python benchmarks/transformers.py compile --specs vit:B/16,gpt:small \\
+                   --meshes 8,64,256 --ks 8,32
+
+Engines (the trainer's names): ``one_backward`` (weights from the losses, one VJP
+of ``Σ w_k L_k``), ``jacobian`` (``mtlx.value_and_jacobian`` + the method on the
+stacked grads), ``gramian`` (``mtlx.value_and_gramian`` → ``w = f(G)`` → one VJP of
+``Σ w_k L_k``), ``representation`` (per-task grads w.r.t. the encoder output ``z``).
+FAMO is a loss-space method: it only has the one-backward engine. The step
+includes Adam. Models: ViT with K classification heads on CLS; GPT with per-task
+heads on the last position (``run``) or, in ``compile``, the GPT-2 LM head tied to
+the embedding with one loss mask per task (:func:`mtlx.models.lm_task_losses`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+
+
+def _parse():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("mode", choices=["run", "compile"])
+  ap.add_argument("--models", default="vit,gpt")
+  ap.add_argument("--presets", default="tiny")
+  ap.add_argument("--ks", default="2,8,32")
+  ap.add_argument("--methods", default="ls,upgrad,nash_mtl,famo")
+  ap.add_argument("--engines", default="one_backward,jacobian,gramian,representation")
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--dtype", default="float32")
+  ap.add_argument("--specs", default="vit:B/16,gpt:small,gpt:xl")
+  ap.add_argument("--meshes", default="8")
+  ap.add_argument("--out", default="")
+  return ap.parse_args()
+
+
+ARGS = _parse() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.mode == "compile":
+  n_dev = max(int(m) for m in ARGS.meshes.split(","))
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={n_dev}")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import mtlx  # noqa: E402
+from mtlx import models  # noqa: E402
+import importlib  # noqa: E402
+nash_lib = importlib.import_module("mtlx.aggregators.nash_mtl")  # the modules, not the
+upgrad_lib = importlib.import_module("mtlx.aggregators.upgrad")  # re-exported functions
+from mtlx.data.specs import TaskSpec  # noqa: E402
+from mtlx.loss_weighting import loss_weights  # noqa: E402
+from mtlx.train import losses as losses_lib  # noqa: E402
+
+CLASSES = 4
+
+
+def make_problem(name, preset, k, batch, dtype, lm=False):
+  """(fns, params, batch dict, loss_fn(params, batch), heads_fn, input key)."""
+  tasks = [TaskSpec(f"t{i}", "classification", CLASSES, (), (), f"t{i}") for i in range(k)]
+  rng = np.random.default_rng(0)
+  if name == "vit":
+    side = {"tiny": 16, "mini": 32}.get(preset, 224)
+    shape = (side, side, 3)
+    build = lambda: models.get_model("vit", input_shape=shape, tasks=tasks, preset=preset,
+                                     dtype=dtype)
+    x = jax.ShapeDtypeStruct((batch,) + shape, jnp.float32)
+  else:
+    seq = {"tiny": 16, "mini": 64}.get(preset, 1024)
+    kw = dict(head="lm", tie_embeddings=True) if lm else {}
+    build = lambda: models.get_model("gpt", input_shape=(seq,), tasks=tasks, preset=preset,
+                                     dtype=dtype, **kw)
+    x = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+  if preset in ("tiny", "mini"):
+    fns, params = models.split(build())
+  else:  # big presets: shapes only (nnx.eval_shape builds an abstract model)
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    fns, params = models.split(nnx.eval_shape(build))
+  labels = {t.name: jax.ShapeDtypeStruct((batch,), jnp.int32) for t in tasks}
+  if lm:
+    labels = {"masks": jax.ShapeDtypeStruct((k,) + x.shape, jnp.float32)}
+  batch_spec = {"x": x, **labels}
+
+  def heads_fn(dec, z, b):
+    out = fns.decode(dec, z, b["x"])
+    if lm:
+      return models.lm_task_losses(out["lm"][:, :-1], b["x"][:, 1:], b["masks"][:, :, 1:])
+    return losses_lib.task_losses(tasks, out, b)
+
+  def loss_fn(p, b):
+    return heads_fn(p["decoder"], fns.encode(p["encoder"], b["x"]), b)
+
+  return fns, params, batch_spec, loss_fn, heads_fn
+
+
+def concrete(spec, rng):
+  def one(s):
+    if jnp.issubdtype(s.dtype, jnp.integer):
+      hi = CLASSES if s.ndim == 1 else 64
+      return jnp.asarray(rng.integers(0, hi, s.shape), s.dtype)
+    if s.ndim == 3 and s.shape[0] < 64:  # masks
+      return jnp.asarray(rng.integers(0, 2, s.shape), s.dtype)
+    return jnp.asarray(rng.normal(size=s.shape), s.dtype)
+  return jax.tree_util.tree_map(one, spec)
+
+
+def gramian_weights_fn(method, k):
+  if method == "ls":
+    return lambda g: jnp.ones((k,), g.dtype)
+  if method == "upgrad":
+    return upgrad_lib.upgrad_weights
+  if method == "nash_mtl":
+    return nash_lib.nash_mtl_weights
+  raise ValueError(method)
+
+
+def grad_tx(method, k):
+  if method == "ls":
+    return mtlx.linear_scalarization()
+  if method == "upgrad":
+    return mtlx.upgrad()
+  if method == "nash_mtl":
+    return mtlx.nash_mtl(num_tasks=k)
+  raise ValueError(method)
+
+
+def make_step(engine, method, k, fns, loss_fn, heads_fn, params):
+  """``step(params, opt_state, mstate, batch) -> (params, opt_state, mstate, losses)``."""
+  opt = optax.adam(1e-3)
+  if engine == "one_backward":
+    loss_tx = mtlx.famo(num_tasks=k) if method == "famo" else None
+    mstate = loss_tx.init(params) if loss_tx is not None else optax.EmptyState()
+
+    def step(p, o, ms, b):
+      losses, vjp = jax.vjp(lambda q: loss_fn(q, b), p)
+      if loss_tx is None:
+        w = jnp.ones_like(losses)
+      else:
+        w, ms = loss_weights(loss_tx, ms, jax.lax.stop_gradient(losses))
+      g = vjp(w.astype(losses.dtype))[0]
+      u, o = opt.update(g, o, p)
+      return optax.apply_updates(p, u), o, ms, losses
+  elif engine == "jacobian":
+    tx = grad_tx(method, k)
+    mstate = tx.init(params)
+
+    def step(p, o, ms, b):
+      losses, tg = mtlx.value_and_jacobian(loss_fn)(p, b)
+      g, ms = tx.update(tg, ms, p, task_losses=losses)
+      u, o = opt.update(g, o, p)
+      return optax.apply_updates(p, u), o, ms, losses
+  elif engine == "gramian":
+    wfn = gramian_weights_fn(method, k)
+    mstate = optax.EmptyState()
+
+    def step(p, o, ms, b):
+      losses, gram = mtlx.value_and_gramian(loss_fn)(p, b)
+      w = wfn(gram)
+      g = mtlx.autogram.weighted_grad(loss_fn)(p, w.astype(losses.dtype), b)
+      u, o = opt.update(g, o, p)
+      return optax.apply_updates(p, u), o, ms, losses
+  else:  # representation
+    tx = grad_tx(method, k)
+    mstate = None
+
+    def step(p, o, ms, b):
+      rj = mtlx.value_and_representation_jacobian(fns.encode, heads_fn)(
+          p["encoder"], p["decoder"], b["x"], b)
+      d_z, ms = tx.update(rj.rep_grads, ms, None, task_losses=rj.losses)
+      g = {"encoder": rj.encoder_vjp(d_z), "decoder": rj.heads_vjp(jnp.ones_like(rj.losses))}
+      u, o = opt.update(g, o, p)
+      return optax.apply_updates(p, u), o, ms, rj.losses
+  return step, opt, mstate
+
+
+def combos(methods, engines):
+  for engine in engines:
+    for method in methods:
+      if method == "famo" and engine != "one_backward":
+        continue
+      if engine == "one_backward" and method not in ("ls", "famo"):
+        continue
+      yield engine, method
+
+
+def mib(n):
+  return n / 2 ** 20
+
+
+def run_mode(args):
+  lines = [f"\n### Step time and memory per engine ({jax.devices()[0].device_kind}, "
+           f"{jax.device_count()} device(s), dtype {args.dtype}, batch {args.batch}, "
+           f"median of {args.repeats})\n",
+           "| model | preset | K | engine | method | ms/step | × LS 1-bwd | MiB (args+temp) | × LS 1-bwd |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  print("\n".join(lines), flush=True)
+  methods, engines = args.methods.split(","), args.engines.split(",")
+  for name in args.models.split(","):
+    for preset in args.presets.split(","):
+      for k in map(int, args.ks.split(",")):
+        fns, params, spec, loss_fn, heads_fn = make_problem(name, preset, k, args.batch,
+                                                            args.dtype)
+        batch = concrete(spec, np.random.default_rng(1))
+        base_t = base_m = None
+        for engine, method in combos(methods, engines):
+          step, opt, ms = make_step(engine, method, k, fns, loss_fn, heads_fn, params)
+          o = opt.init(params)
+          if ms is None:
+            z = jax.eval_shape(fns.encode, params["encoder"], batch["x"])
+            ms = grad_tx(method, k).init(jax.tree_util.tree_map(
+                lambda s: jnp.zeros(s.shape, s.dtype), z))
+          compiled = jax.jit(step).lower(params, o, ms, batch).compile()
+          mem = compiled.memory_analysis()
+          m = mem.argument_size_in_bytes + mem.temp_size_in_bytes
+          out = compiled(params, o, ms, batch)
+          jax.block_until_ready(out)
+          ts = []
+          for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(params, o, ms, batch))
+            ts.append(time.perf_counter() - t0)
+          t = float(np.median(ts))
+          if engine == "one_backward" and method == "ls":
+            base_t, base_m = t, m
+          row = (f"| {name} | {preset} | {k} | {engine} | {method} | {1e3 * t:.1f} | "
+                 f"{t / base_t:.2f} | {mib(m):.1f} | {m / base_m:.2f} |")
+          lines.append(row)
+          print(row, flush=True)
+  return lines
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+               "collective-permute")
+_DT = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "s32": 4, "u32": 4, "pred": 1, "s8": 1,
+       "u8": 1, "s64": 8, "u64": 8}
+
+
+def collective_bytes(hlo: str) -> dict:
+  """Bytes of the results of each collective in an HLO module's text."""
+  out = {c: 0 for c in COLLECTIVES}
+  for line in hlo.splitlines():
+    m = re.search(r"=\s*(\(?[^=]*?\)?)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|"
+                  r"collective-permute)(-start)?\(", line)
+    if not m:
+      continue
+    for dt, dims in re.findall(r"(\w+)\[([\d,]*)\]", m.group(1)):
+      if dt in _DT:
+        n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+        out[m.group(2)] += n * _DT[dt]
+  return out
+
+
+def fsdp_spec(shape, n):
+  """Shard the largest dim divisible by ``n`` over 'fsdp' (replicate small leaves)."""
+  if int(np.prod(shape)) < 2 ** 14:
+    return P()
+  dims = sorted(range(len(shape)), key=lambda a: -shape[a])
+  for a in dims:
+    if shape[a] % n == 0:
+      spec = [None] * len(shape)
+      spec[a] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def compile_mode(args):
+  lines = [f"\n### Compiled (not run) steps on emulated CPU meshes, FSDP over all devices\n",
+           "| model | params | devices | K | engine | method | compile s | MiB/device (args+temp) "
+           "| × LS 1-bwd | collective MiB/device | × LS 1-bwd |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  print("\n".join(lines), flush=True)
+  engines = args.engines.split(",")
+  for spec_s in args.specs.split(","):
+    name, preset = spec_s.split(":")
+    for n in map(int, args.meshes.split(",")):
+      mesh = Mesh(np.asarray(jax.devices()[:n]), ("fsdp",))
+      for k in map(int, args.ks.split(",")):
+        per_dev = 8 if name == "vit" else 1
+        fns, params, spec, loss_fn, heads_fn = make_problem(
+            name, preset, k, per_dev * n, args.dtype, lm=name == "gpt")
+        n_params = models.count_params(params)
+        abstract = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                           sharding=NamedSharding(mesh, fsdp_spec(a.shape, n))),
+            params)
+        batch = jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct(
+                s.shape, s.dtype, sharding=NamedSharding(
+                    mesh, P(*([None] * (s.ndim - 1) + [None])) if s.ndim == 3 else
+                    P("fsdp", *([None] * (s.ndim - 1))))), spec)
+        if "masks" in batch:  # [K, B, T]: batch axis 1
+          s = spec["masks"]
+          batch["masks"] = jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                sharding=NamedSharding(mesh, P(None, "fsdp", None)))
+        del params
+        base = None
+        todo = [("one_backward", "ls")] + [(e, "upgrad") for e in engines if e != "one_backward"]
+        for engine, method in todo:
+          step, opt, ms = make_step(engine, method, k, fns, loss_fn, heads_fn, abstract)
+          o = jax.eval_shape(opt.init, abstract)
+          o = jax.tree_util.tree_map(
+              lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(
+                  mesh, fsdp_spec(s.shape, n))), o)
+          if ms is None:
+            z = jax.eval_shape(fns.encode, abstract["encoder"], batch["x"])
+            ms = jax.eval_shape(grad_tx(method, k).init, z)
+          else:
+            ms = jax.eval_shape(lambda: ms) if not isinstance(ms, optax.EmptyState) else ms
+          t0 = time.perf_counter()
+          try:
+            compiled = jax.jit(step, out_shardings=None).lower(abstract, o, ms, batch).compile()
+          except Exception as e:  # noqa: BLE001 - report and go on
+            row = f"| {name}:{preset} | {n_params / 1e6:.0f}M | {n} | {k} | {engine} | {method} | failed: {type(e).__name__} | | | | |"
+            lines.append(row)
+            print(row, str(e)[:300], flush=True)
+            continue
+          tc = time.perf_counter() - t0
+          mem = compiled.memory_analysis()
+          m = mem.argument_size_in_bytes + mem.temp_size_in_bytes
+          coll = sum(collective_bytes(compiled.as_text()).values())
+          if base is None:
+            base = (m, max(coll, 1))
+          row = (f"| {name}:{preset} | {n_params / 1e6:.0f}M | {n} | {k} | {engine} | {method} "
+                 f"| {tc:.0f} | {mib(m):.0f} | {m / base[0]:.2f} | {mib(coll):.0f} | "
+                 f"{coll / base[1]:.2f} |")
+          lines.append(row)
+          print(row, flush=True)
+  return lines
+
+
+def main(args):
+  lines = run_mode(args) if args.mode == "run" else compile_mode(args)
+  if args.out:
+    with open(args.out, "a") as f:
+      f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  main(ARGS)

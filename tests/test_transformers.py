@@ -1,0 +1,281 @@
+"""mtlx.models.vit / gpt: shapes, causality, LoRA, sparse MoE, bf16, dropout, and the
+Gramian-only engine against the Jacobian engine on both (tiny presets)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mtlx
+from mtlx import autogram
+from mtlx import models
+from mtlx.data.specs import TaskSpec
+from mtlx.models import sparse_moe
+from mtlx.train import losses as losses_lib
+from tests.reference import transformers_ref as ref
+
+IMG = (8, 12, 1)
+SEQ = (16,)
+TASKS = (TaskSpec("a", "classification", 3, (), (), "a"),
+         TaskSpec("b", "regression", 2, (), (), "b"),
+         TaskSpec("c", "classification", 4, (), (), "c"))
+
+
+def _batch(rng, n=4, tokens=False):
+  x = (rng.integers(0, 64, (n,) + SEQ) if tokens
+       else rng.normal(size=(n,) + IMG).astype(np.float32))
+  return x, {"a": rng.integers(0, 3, n), "b": rng.normal(size=(n, 2)).astype(np.float32),
+             "c": rng.integers(0, 4, n)}
+
+
+def _build(name, dtype="float32", **kw):
+  """(fns, params) of a tiny model; ``fns.apply`` is jitted (eager is slow)."""
+  shape = IMG if name == "vit" or kw.get("vocab_size") == 0 else SEQ
+  fns, params = models.split(models.get_model(name, input_shape=shape, tasks=TASKS,
+                                              dtype=dtype, **kw))
+  if dtype == "float64":
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+  return fns._replace(apply=jax.jit(fns.apply), encode=jax.jit(fns.encode)), params
+
+
+def _loss_fn(fns):
+  def loss_fn(p, x, labels):
+    out = fns.apply(p, x)
+    total = losses_lib.task_losses(TASKS, out, labels)
+    return total
+  return loss_fn
+
+
+@pytest.mark.parametrize("name,kw,z_shape", [
+    ("vit", {}, (5, 32)),
+    ("vit", {"pool": "mean", "lora_rank": 2}, (3, 5, 32)),
+    ("gpt", {}, (5, 32)),
+    ("gpt", {"vocab_size": 0}, (5, 32)),
+    ("gpt", {"head": "lm"}, (5, 16, 32)),
+])
+def test_forward_shapes(name, kw, z_shape):
+  fns, p = _build(name, **kw)
+  x, _ = _batch(np.random.default_rng(0), n=5, tokens=name == "gpt" and "vocab_size" not in kw)
+  z = fns.encode(p["encoder"], x)
+  assert z.shape == z_shape
+  out = fns.apply(p, x)
+  if kw.get("head") == "lm":
+    assert out["lm"].shape == (5, 16, 64) and out["lm"].dtype == jnp.float32
+  else:
+    assert {k: v.shape for k, v in out.items()} == {"a": (5, 3), "b": (5, 2), "c": (5, 4)}
+
+
+def test_gpt_is_causal():
+  fns, p = _build("gpt", head="lm")
+  x = np.random.default_rng(1).integers(0, 64, (2, 16))
+  y = x.copy()
+  y[:, 9] = (y[:, 9] + 7) % 64
+  a, b = fns.apply(p, x)["lm"], fns.apply(p, y)["lm"]
+  np.testing.assert_array_equal(a[:, :9], b[:, :9])  # earlier positions: bit-identical
+  assert np.abs(a[:, 9:] - b[:, 9:]).max() > 1e-4
+  # task heads read the last position: it sees the change
+  fns_t, pt = _build("gpt")
+  assert np.abs(fns_t.apply(pt, x)["a"] - fns_t.apply(pt, y)["a"]).max() > 1e-6
+
+
+def test_vit_is_not_causal():
+  fns, p = _build("vit", pool="cls")
+  x, _ = _batch(np.random.default_rng(2), n=2)
+  y = x.copy()
+  y[:, -4:, -4:] += 1.0  # the last patch changes the CLS output
+  assert np.abs(fns.apply(p, x)["a"] - fns.apply(p, y)["a"]).max() > 1e-5
+
+
+@pytest.mark.parametrize("name", ["vit", "gpt"])
+def test_lora_zero_init_equals_base_and_adapters_are_per_task(name):
+  fns_l, p_l = _build(name, lora_rank=2)
+  fns_b, p_b = _build(name)
+
+  def strip(tree):
+    return {k: strip(v) for k, v in tree.items() if k not in ("lora_a", "lora_b")} \
+        if isinstance(tree, dict) else tree
+
+  base = strip(p_l)
+  assert jax.tree_util.tree_structure(base) == jax.tree_util.tree_structure(p_b)
+  x, _ = _batch(np.random.default_rng(3), tokens=name == "gpt")
+  out_l, out_b = fns_l.apply(p_l, x), fns_b.apply(base, x)
+  for t in "abc":
+    np.testing.assert_allclose(out_l[t], out_b[t], rtol=1e-5, atol=1e-6)
+  # adapter 0 moves task "a" only
+  p2 = jax.tree_util.tree_map(lambda a: a, p_l)
+  lb = p2["encoder"]["stack"]["blocks"][0]["mlp"]["fc2"]["lora_b"]
+  bump = jax.random.normal(jax.random.key(0), lb.shape[1:], lb.dtype)  # not constant: LN removes those
+  p2["encoder"]["stack"]["blocks"][0]["mlp"]["fc2"]["lora_b"] = lb.at[0].set(bump)
+  out2 = fns_l.apply(p2, x)
+  assert np.abs(out2["a"] - out_l["a"]).max() > 1e-3
+  np.testing.assert_array_equal(out2["b"], out_l["b"])
+  np.testing.assert_array_equal(out2["c"], out_l["c"])
+  labels = models.param_labels(p_l)
+  assert labels["encoder"]["stack"]["blocks"][0]["attn"]["q"]["lora_a"] == "adapter"
+  assert labels["encoder"]["stack"]["blocks"][0]["attn"]["q"]["kernel"] == "base"
+  assert labels["decoder"]["heads"]["heads"]["a"]["kernel"] == "head"
+  mask = models.mto_mask(p_l, ("base",))
+  assert mask["encoder"]["stack"]["ln_f"]["scale"] and not mask["decoder"]["heads"]["heads"]["a"]["kernel"]
+  with pytest.raises(ValueError, match="act_on"):
+    models.mto_mask(p_l, ("adapters",))
+
+
+def test_moe_routes_top_k_and_balance_loss_matches_numpy():
+  layer = sparse_moe.SparseMoEMLP(6, 10, num_experts=5, top_k=2, num_routers=1,
+                                  dtype=jnp.float64, rngs=__import__("flax").nnx.Rngs(0))
+  x = np.random.default_rng(4).normal(size=(1, 40, 6))
+  probs, top, gates = layer.route(jnp.asarray(x))
+  assert np.all(np.sum(np.asarray(gates[0]) > 0, axis=-1) == 2)  # exactly k experts
+  np.testing.assert_allclose(np.sum(gates[0], -1), 1.0, rtol=1e-12)
+  w_r = np.asarray(layer.router.value[0], np.float64)
+  r_probs, r_top, r_gates = ref.moe_route(x[0], w_r, 2)
+  np.testing.assert_allclose(probs[0], r_probs, rtol=1e-6)
+  np.testing.assert_allclose(gates[0], r_gates, rtol=1e-6, atol=1e-12)
+  y, aux = layer(jnp.asarray(x))
+  np.testing.assert_allclose(aux, ref.balance_loss(r_probs, r_top), rtol=1e-6)
+  w = {k: np.asarray(getattr(layer, k).value, np.float64) for k in ("w1", "b1", "w2", "b2")}
+  np.testing.assert_allclose(y[0], ref.moe_forward(x[0], w_r, k=2, **w), rtol=1e-5, atol=1e-6)
+  # a uniform router balances exactly: aux = 1
+  uniform = jnp.full((8, 4), 0.25)
+  np.testing.assert_allclose(sparse_moe.balance_loss(uniform, jnp.arange(8)[:, None] % 4), 1.0)
+  with pytest.raises(ValueError, match="top_k"):
+    sparse_moe.SparseMoEMLP(6, 10, num_experts=2, top_k=3, rngs=__import__("flax").nnx.Rngs(0))
+
+
+def test_moe_model_returns_aux_outside_task_losses():
+  fns, p = _build("vit", moe_experts=4, moe_top_k=2, moe_task_routers=True)
+  x, labels = _batch(np.random.default_rng(5))
+  out = fns.apply(p, x)
+  aux = models.aux_losses(out)
+  assert set(aux) == {"aux/moe_balance"} and float(aux["aux/moe_balance"]) >= 1.0 - 1e-6
+  assert losses_lib.task_losses(TASKS, out, labels).shape == (3,)
+  assert p["encoder"]["stack"]["blocks"][1]["mlp"]["router"].shape == (3, 32, 4)
+
+
+def test_lm_task_losses_matches_numpy():
+  rng = np.random.default_rng(6)
+  logits, targets = rng.normal(size=(3, 7, 11)), rng.integers(0, 11, (3, 7))
+  masks = rng.integers(0, 2, (2, 3, 7)).astype(np.float64)
+  masks[1] = 0  # a task with no scored position: loss 0, not nan
+  got = models.lm_task_losses(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(masks))
+  np.testing.assert_allclose(got, ref.lm_task_losses(logits, targets, masks), rtol=1e-10)
+  with pytest.raises(ValueError, match="task_masks"):
+    models.lm_task_losses(jnp.asarray(logits), jnp.asarray(targets), jnp.ones((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["vit", "gpt"])
+def test_bf16_finite_and_close_to_f32(name):
+  fns32, p = _build(name)
+  fns16, p16 = _build(name, dtype="bfloat16")
+  x, labels = _batch(np.random.default_rng(7), tokens=name == "gpt")
+  l32, g32 = jax.jit(jax.value_and_grad(lambda q: jnp.sum(_loss_fn(fns32)(q, x, labels))))(p)
+  l16, g16 = jax.jit(jax.value_and_grad(lambda q: jnp.sum(_loss_fn(fns16)(q, x, labels))))(p)
+  assert l16.dtype == jnp.float32
+  assert all(g.dtype == jnp.float32 and np.all(np.isfinite(g))
+             for g in jax.tree_util.tree_leaves(g16))
+  np.testing.assert_allclose(l16, l32, rtol=3e-2)
+  flat32 = np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(g32)])
+  flat16 = np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(g16)])
+  cos = flat16 @ flat32 / np.linalg.norm(flat16) / np.linalg.norm(flat32)
+  assert cos > 0.99
+
+
+def test_dropout_key_and_remat():
+  fns, p = _build("vit", dropout=0.3)
+  fns_r, _ = _build("vit", dropout=0.3, remat=True)
+  x, labels = _batch(np.random.default_rng(8))
+  k0, k1 = jax.random.key(0), jax.random.key(1)
+  det = fns.apply(p, x)["a"]
+  np.testing.assert_array_equal(det, fns.apply(p, x)["a"])  # no key: deterministic
+  a0, a0b, a1 = (fns.apply(p, x, dropout_key=k)["a"] for k in (k0, k0, k1))
+  np.testing.assert_array_equal(a0, a0b)
+  assert np.abs(a0 - a1).max() > 1e-4 and np.abs(a0 - det).max() > 1e-4
+  g = jax.jit(jax.grad(lambda q: jnp.sum(_loss_fn(fns)(q, x, labels))))(p)
+  g_r = jax.jit(jax.grad(lambda q: jnp.sum(_loss_fn(fns_r)(q, x, labels))))(p)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         g, g_r)
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="preset='huge'"):
+    _build("vit", preset="huge")
+  with pytest.raises(ValueError, match="dtype='float16'"):
+    _build("gpt", dtype="float16")
+  with pytest.raises(ValueError, match="patch_size=5"):
+    _build("vit", patch_size=5)
+  with pytest.raises(ValueError, match="max_len=8"):
+    _build("gpt", max_len=8)
+  with pytest.raises(ValueError, match="not divisible by heads=3"):
+    _build("vit", heads=3)
+  with pytest.raises(ValueError, match="tie_embeddings"):
+    _build("gpt", tie_embeddings=True)
+
+
+LORA_MOE = {"lora_rank": 2, "moe_experts": 4, "moe_task_routers": True, "remat": True}
+CASES = [("vit", {}, "float64", 1e-9), ("gpt", {}, "float64", 1e-9),
+         ("vit", LORA_MOE, "float64", 1e-9), ("gpt", {}, "float32", 1e-4)]
+
+LAYER_LEAVES = ("kernel", "lora_a", "lora_b", "w1", "w2", "router", "wte")
+
+
+@pytest.mark.parametrize("name,kw,dtype,tol", CASES)
+def test_gramian_engine_equals_jacobian_engine(name, kw, dtype, tol):
+  fns, p = _build(name, dtype=dtype, **kw)
+  x, labels = _batch(np.random.default_rng(9), tokens=name == "gpt")
+  if dtype == "float64":
+    x = x if name == "gpt" else x.astype(np.float64)
+    labels["b"] = labels["b"].astype(np.float64)
+  loss_fn = _loss_fn(fns)
+  losses, gram = jax.jit(mtlx.value_and_gramian(loss_fn))(p, x, labels)
+  ref_losses, jac = jax.jit(mtlx.value_and_jacobian(loss_fn))(p, x, labels)
+  ref_gram = mtlx.gramian(jac)
+  np.testing.assert_allclose(losses, ref_losses, rtol=tol)
+  scale = np.abs(ref_gram).max()
+  np.testing.assert_allclose(gram, ref_gram, rtol=tol, atol=tol * scale)
+  plan = autogram.autogram_plan(loss_fn, p, x, labels)
+  assert set(plan.fallback) == set(plan.reasons)  # no silent fallback
+  assert set(plan.methods) == set(plan.layers) == set(plan.costs)
+  for path in plan.fallback:  # only biases, norms, position / CLS embeddings fall back
+    assert not path.endswith(tuple(f"['{leaf}']" for leaf in LAYER_LEAVES)), path
+  assert all(m in ("ghost", "direct") for m in plan.methods.values())
+
+
+def test_gramian_engine_tied_lm_and_forced_ghost():
+  fns, p = _build("gpt", dtype="float64", head="lm", tie_embeddings=True)
+  rng = np.random.default_rng(10)
+  x = rng.integers(0, 64, (3, 16))
+  masks = rng.integers(0, 2, (3, 3, 16))
+
+  def loss_fn(q, x, masks):
+    return models.lm_task_losses(fns.apply(q, x)["lm"][:, :-1], x[:, 1:], masks[:, :, 1:])
+
+  ref_gram = mtlx.gramian(jax.jit(mtlx.value_and_jacobian(loss_fn))(p, x, masks)[1])
+  for method in ("auto", "ghost"):
+    gram = jax.jit(mtlx.value_and_gramian(loss_fn, method=method))(p, x, masks)[1]
+    np.testing.assert_allclose(gram, ref_gram, rtol=1e-9, atol=1e-9 * np.abs(ref_gram).max())
+  plan = autogram.autogram_plan(loss_fn, p, x, masks, method="ghost")
+  assert plan.reasons["['encoder']['wte']"].startswith("tied: used by 2 layers (gather, dot)")
+  assert set(plan.methods.values()) == {"ghost"}
+
+
+@pytest.mark.parametrize("config_name,overrides", [
+    ("vit", {"method": "upgrad", "compute_dtype": "bfloat16"}),
+    ("gpt", {"method": "ls", "weighting": "famo", "remat": True}),
+    ("gpt", {"method": "upgrad", "rep_grad": True, "num_steps": 2, "eval_every": 2,
+             "checkpoint_every": 2, "log_every": 1}),
+])
+def test_experiments_train_runs_tiny(tmp_path, config_name, overrides):
+  import importlib
+  from experiments import train as train_exp
+  config = importlib.import_module(f"configs.{config_name}").get_config()
+  config.update(dict(dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=4,
+                          batch_size=16, eval_batch_size=64, data_dir=str(tmp_path / "data"),
+                          workdir=str(tmp_path / "run"), progress=False, tensorboard=False,
+                          val_split=""), **overrides))
+  config.builder_kwargs.update(dict(num_train=64, num_validation=16, num_test=64))
+  result = train_exp.train_and_evaluate(config)
+  assert set(result) >= {"loss/left", "loss/right", "accuracy/left", "accuracy/right"}
+  assert all(np.isfinite(v) for v in result.values())
+  rows = [r for r in __import__("mtlx.train", fromlist=["read_jsonl"]).read_jsonl(
+      str(tmp_path / "run" / "metrics.jsonl")) if r["split"] == "train"]
+  assert rows and all(np.isfinite(r["loss/left"]) for r in rows)
