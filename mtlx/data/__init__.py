@@ -38,6 +38,11 @@ from mtlx.data.multi_task_regression import MultiTaskRegression
 from mtlx.data.qm9 import QM9
 from mtlx.data.specs import DatasetInfo
 from mtlx.data.specs import TaskSpec
+# Per-task sources, task samplers and mixtures (tasks from different datasets).
+from mtlx.data import function_classes  # noqa: E402,F401
+from mtlx.data import mixture  # noqa: E402,F401
+from mtlx.data import samplers  # noqa: E402,F401
+from mtlx.data import sources  # noqa: E402,F401
 from mtlx.data.specs import TASK_KINDS
 
 __all__ = [

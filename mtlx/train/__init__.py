@@ -28,10 +28,12 @@ from mtlx.train.step import span_weights
 from mtlx.train.writer import MetricWriter
 from mtlx.train.writer import read_jsonl
 
+from mtlx.train import task_mask  # noqa: F401  (per-task presence masks)
+
 __all__ = [
     "CheckpointSaveError", "Checkpointer", "ENGINES", "MetricWriter", "PATHS", "Representation", "Step",
     "TrainState", "Trainer", "build_mto", "check_engine", "check_method_names",
     "choose_engine", "cosine_matrix", "engine_reasons", "finalize_eval", "gramian_coverage",
     "make_optimizer", "make_step", "make_trainer", "read_jsonl", "span_weights", "task_loss",
-    "task_losses",
+    "task_losses", "task_mask",
 ]
