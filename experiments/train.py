@@ -451,7 +451,8 @@ def build_trainer(config, info, tasks, mesh, example_batch=None):
       chunk_size=config.chunk_size or None, extra_batches=config.extra_batches,
       mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
       shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
-      min_size=int(_mesh_option(config, "min_size", 2 ** 10)))
+      min_size=int(_mesh_option(config, "min_size", 2 ** 10)),
+      method_groups=config.get("method_groups") or None)
   return trainer, params
 
 

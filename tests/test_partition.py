@@ -115,3 +115,16 @@ def test_calibrate_only_the_named_branches():
   np.testing.assert_allclose(na, nb, rtol=1e-6)
   with pytest.raises(ValueError, match="'c'"):
     mtlx.calibrate_magnitudes(labels, branches=["a", "c"]).update(tg, optax.EmptyState())
+
+
+def test_trainer_method_groups_by_path_prefix():
+  from mtlx.train.step import grouped_methods
+  tg, params = _tree(7), _params()
+  tx = grouped_methods(mtlx.linear_scalarization(), {"upgrad": "encoder/w"}, params, K)
+  upd, _ = tx.update(tg, tx.init(params), params)
+  ref, _ = mtlx.upgrad().update({"w": tg["encoder"]["w"]}, optax.EmptyState())
+  np.testing.assert_allclose(upd["encoder"]["w"], ref["w"], rtol=1e-6)
+  np.testing.assert_allclose(upd["encoder"]["b"], np.sum(np.asarray(tg["encoder"]["b"]), 0),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="'encoder/nope'"):
+    grouped_methods(mtlx.linear_scalarization(), {"upgrad": "encoder/nope"}, params, K)

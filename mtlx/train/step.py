@@ -541,6 +541,39 @@ class Trainer(NamedTuple):
     return self.engine
 
 
+def _leaf_path(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                  for k in path)
+
+
+def grouped_methods(default_tx, method_groups: dict, params, num_tasks: int):
+  """:func:`mtlx.partition` from ``{method name: "prefix,prefix"}`` over param paths;
+  leaves matching no prefix keep ``default_tx``; the longest matching prefix wins."""
+  from mtlx.aggregators.partition import partition  # noqa: PLC0415
+  groups = dict(method_groups.to_dict() if hasattr(method_groups, "to_dict") else method_groups)
+  prefixes = {}
+  for name, spec in groups.items():
+    for prefix in (spec if isinstance(spec, (list, tuple)) else str(spec).split(",")):
+      if prefix.strip():
+        prefixes[prefix.strip().strip("/")] = name
+  paths = [_leaf_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  unused = sorted(p for p in prefixes if not any(q == p or q.startswith(p + "/") for q in paths))
+  if unused:
+    raise ValueError(f"method_groups prefixes {unused} match no parameter; expected "
+                     f"prefixes of the param paths, e.g. {paths[:4]}.")
+  transforms = {"*": default_tx}
+  for name in groups:
+    transforms[name] = registry.get(name, "gradient").build(num_tasks)
+
+  def label(path, _):
+    leaf = _leaf_path(path)
+    best = max((p for p in prefixes if leaf == p or leaf.startswith(p + "/")), key=len,
+               default=None)
+    return "*" if best is None else prefixes[best]
+
+  return partition(transforms, lambda tree: jax.tree_util.tree_map_with_path(label, tree))
+
+
 def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: str = "ls",
                  weighting: str = "none", optimizer: optax.GradientTransformation,
                  engine: str = "auto", rep_grad: bool = False,
@@ -548,7 +581,7 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  example_batch: Any = None, chunk_size: int | None = None,
                  path: str | None = None, extra_batches: int = 0, mesh: Any = None,
                  param_rule: str = "fsdp", shard_tasks: bool = True,
-                 min_size: int = 2 ** 10) -> Trainer:
+                 min_size: int = 2 ** 10, method_groups: dict | None = None) -> Trainer:
   """The jitted train step (:func:`make_step`) and eval function of a multi-task model.
 
   Args:
@@ -566,6 +599,11 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
     example_batch: a batch, for ``engine='auto'`` to read the model's autogram plan.
     chunk_size, extra_batches, mesh, param_rule, shard_tasks, min_size: see
       :func:`make_step`.
+    method_groups: ``{method name: "prefix,prefix"}``: the parameters whose path
+      (``'encoder/fuse/kernel'``) starts with one of the prefixes get that
+      gradient-space method (registry defaults), the others ``method``
+      (:func:`mtlx.partition`; Jacobian engine). E.g. ``{"upgrad": "encoder/fuse",
+      "ls": "decoder"}`` (FULLER: calibrate at the last shared layer).
 
   Raises:
     ValueError: for unknown names or keyword arguments, or an engine that cannot
@@ -583,6 +621,8 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
     weighting_kwargs = dict(weighting_kwargs or {}, mask=shared_params_mask(params))
   loss_tx, grad_tx = build_mto(method, weighting, k, method_kwargs=method_kwargs,
                                weighting_kwargs=weighting_kwargs)
+  if method_groups:
+    grad_tx = grouped_methods(grad_tx, method_groups, params, k)
 
   def loss_fn(p, batch):
     return losses_lib.task_losses(tasks, fns.apply(p, batch[input_key]), batch)
