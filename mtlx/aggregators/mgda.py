@@ -86,7 +86,6 @@ def mgda(normalization: str = "none", *,
   combination ``K P``.
   No extra backward pass.
   """
-  validation.check_number(num_iters, "num_iters", low=1, integer=True, method="mgda")
   validation.check_choice(normalization, NORMALIZATIONS, "normalization")
   if num_iters is not None:
     validation.check_number(num_iters, "num_iters", low=1, integer=True, method="mgda")

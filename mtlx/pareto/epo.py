@@ -97,4 +97,4 @@ def epo(preference, *, eps: float = 1e-4,
     validation.check_task_losses(task_losses, k, "epo")
     return epo_weights(gramian, task_losses, r, eps=eps, relax=relax)
 
-  return gramian_weighting(weighting, num_tasks=k, name="epo")
+  return gramian_weighting(weighting, num_tasks=k, name="epo", extras=("task_losses",))

@@ -125,4 +125,5 @@ def pmtl(reference_vectors, index: int, *, init_steps: int = 0,
     new = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state)
     return weights, new
 
-  return gramian_weighting(weighting, init=init, num_tasks=k, name="pmtl")
+  return gramian_weighting(weighting, init=init, num_tasks=k, name="pmtl",
+                           extras=("task_losses",))
