@@ -59,7 +59,12 @@ def _out_shape(t, b, input_shape):
 # models whose vector path has code of its own (MLP trunk, dense attention, dense
 # level experts; the gates read the flattened input either way); hps also on all
 # four image task kinds (the heads do not depend on the model).
-CASES = ([(name, (6, 8, 1), IMAGE_TASKS[:2]) for name in sorted(models.REGISTRY)] +
+# Models that take per-example tasks only (no dense decoder) get the first task alone;
+# the transformers (sized by presets, not widths) are tested in tests/test_transformers.py.
+PER_EXAMPLE_ONLY = ("two_branch",)
+TRANSFORMERS = ("gpt", "vit")
+CASES = ([(name, (6, 8, 1), IMAGE_TASKS[:1] if name in PER_EXAMPLE_ONLY else IMAGE_TASKS[:2])
+          for name in sorted(models.REGISTRY) if name not in TRANSFORMERS] +
          [(name, (6,), FEATURE_TASKS) for name in ("hps", "mtan", "ple", "dselect_k")] +
          [("hps", (6, 8, 1), IMAGE_TASKS)])
 
