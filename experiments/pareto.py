@@ -62,14 +62,6 @@ GRID_METHODS = ("linear", "tchebycheff", "smooth_tchebycheff", "pbi", "cosine_pe
 FRONT_METHODS = ("pamal", "palora", "phn", "phn_epo", "cosmos", "soups")
 TOY_SHIFT = 25.0
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (data problems)")
-flags.DEFINE_string("problem", "", "'toy' for the two-task toy problem (no --config)")
-flags.DEFINE_string("methods", "linear,tchebycheff,epo,pmtl,pamal,palora,cosmos,phn,soups",
-                    "comma-separated methods")
-flags.DEFINE_integer("num_preferences", 5, "preferences of the grid")
-flags.DEFINE_integer("steps", 1000, "total training steps per method")
-flags.DEFINE_string("workdir", "runs/pareto", "output directory")
-flags.DEFINE_integer("seed", 0, "seed")
 FLAGS = flags.FLAGS
 
 
@@ -403,6 +395,19 @@ def run(problem: Problem, methods, num_preferences: int, steps: int, workdir: st
   return report(problem, fronts, runs, workdir)
 
 
+def _define_flags():
+  """Command-line flags, defined only when run as a script (importing this module for
+  its functions, e.g. in the tests next to experiments.train, defines none)."""
+  config_flags.DEFINE_config_file("config", None, "experiment config (data problems)")
+  flags.DEFINE_string("problem", "", "'toy' for the two-task toy problem (no --config)")
+  flags.DEFINE_string("methods", "linear,tchebycheff,epo,pmtl,pamal,palora,cosmos,phn,soups",
+                      "comma-separated methods")
+  flags.DEFINE_integer("num_preferences", 5, "preferences of the grid")
+  flags.DEFINE_integer("steps", 1000, "total training steps per method")
+  flags.DEFINE_string("workdir", "runs/pareto", "output directory")
+  flags.DEFINE_integer("seed", 0, "seed")
+
+
 def main(argv):
   del argv
   methods = parse_methods(FLAGS.methods)
@@ -410,14 +415,15 @@ def main(argv):
     problem = toy_problem()
   elif FLAGS.problem:
     raise ValueError(f"--problem={FLAGS.problem!r}; expected 'toy' or a --config.")
-  elif _CONFIG.value is None:
+  elif FLAGS.config is None:
     raise ValueError("pass --config=configs/<dataset>.py or --problem=toy.")
   else:
-    problem = data_problem(_CONFIG.value)
+    problem = data_problem(FLAGS.config)
   rows = run(problem, methods, FLAGS.num_preferences, FLAGS.steps, FLAGS.workdir, FLAGS.seed)
   for r in rows:
     print(r)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
