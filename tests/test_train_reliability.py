@@ -52,14 +52,14 @@ def _config(data_dir, workdir, **overrides):
 ])
 def test_bad_numbers_refused_before_workdir(tmp_path, key, value, needle):
   workdir = tmp_path / "run"
-  config = _config("unused", workdir, **{key: value})
+  config = _config(str(tmp_path / "data"), workdir, **{key: value})
   with pytest.raises(ValueError, match=__import__("re").escape(needle)):
     train_exp.train_and_evaluate(config)
   assert not workdir.exists()
 
 
 def test_bad_model_size_refused_before_workdir(tmp_path):
-  config = _config("unused", tmp_path / "run")
+  config = _config(str(tmp_path / "data"), tmp_path / "run")
   config.model_kwargs.hidden = 0
   with pytest.raises(ValueError, match="config.model_kwargs.hidden=0 is not valid"):
     train_exp.train_and_evaluate(config)
