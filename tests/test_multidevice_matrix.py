@@ -53,7 +53,7 @@ def test_matrix_covers_every_factorisation_engine_and_model(results):
   expected = {(d, m, 8 // (d * m)) for d in (1, 2, 4, 8) for m in (1, 2, 4, 8)
               if 8 % (d * m) == 0}
   assert len(expected) == 10 and meshes == expected | {(1, 1, 1)}
-  assert {"one_backward", "jacobian", "representation"} <= set(results["engines"])
+  assert {"one_backward", "jacobian", "gramian", "representation"} <= set(results["engines"])
   assert set(results["models"]) == {"cnn", "mlp"}
   keys = {f"{mo}/{e}/{m}" for mo in results["models"] for e in results["engines"]
           for m in results["meshes"]}

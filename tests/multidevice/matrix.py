@@ -64,10 +64,10 @@ MODELS = {
 # DWA + UPGrad is the chain of the issue that found the bug. (IMTL-G compiles
 # faster, but its (D Uᵀ)⁻¹ amplifies float32 rounding: 4e-5 on the MLP's
 # representation engine at 4 x 2 x 1, a conditioning effect, not a sharding one.)
-# The gramian engine (one step builder, issue 12) is one more entry here.
 ENGINES = {
     "one_backward": dict(method="ls", weighting="dwa"),
-    "jacobian": dict(method="upgrad", weighting="dwa"),
+    "jacobian": dict(method="upgrad", weighting="dwa", engine="jacobian"),
+    "gramian": dict(method="upgrad", weighting="dwa", engine="gramian"),
     "representation": dict(method="upgrad", weighting="dwa", rep_grad=True),
 }
 # Every factorisation of 8 devices into data x model x task, and one device.
