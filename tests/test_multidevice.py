@@ -17,8 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "multidevice", "_run_checks.py")
 
 
-@pytest.fixture(scope="module")
-def results():
+def eight_device_results(script, timeout):
+  """Runs ``script`` in one subprocess on 8 emulated CPU devices and returns the JSON
+  of its last ``RESULTS `` line (shared by the multi-device test modules)."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                       " --xla_force_host_platform_device_count=8"
@@ -26,12 +27,17 @@ def results():
                       " --xla_llvm_disable_expensive_passes=true").strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=900)
+  proc = subprocess.run([sys.executable, script], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")]
   assert line, proc.stdout[-4000:]
-  return json.loads(line[-1][len("RESULTS "):])
+  return line[-1], json.loads(line[-1][len("RESULTS "):])
+
+
+@pytest.fixture(scope="module")
+def results():
+  return eight_device_results(SCRIPT, timeout=900)[1]
 
 
 def test_eight_devices(results):

@@ -13,14 +13,13 @@ prints one ``RESULTS {...}`` JSON line; the tests here assert on it:
 * the guard ``mtlx.sharding.check`` and ``config.mesh.verify``.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jaxlib
 import pytest
+
+from tests.test_multidevice import eight_device_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "multidevice", "matrix.py")
@@ -29,22 +28,11 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def results():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      " --xla_force_host_platform_device_count=8"
-                      " --xla_backend_optimization_level=0"
-                      " --xla_llvm_disable_expensive_passes=true").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=1200)
-  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")]
-  assert line, proc.stdout[-4000:]
+  line, parsed = eight_device_results(SCRIPT, timeout=1200)
   if os.environ.get("MTLX_MATRIX_RESULTS"):  # keep the numbers (README table)
     with open(os.environ["MTLX_MATRIX_RESULTS"], "w") as f:
-      f.write(line[-1] + "\n")
-  return json.loads(line[-1][len("RESULTS "):])
+      f.write(line + "\n")
+  return parsed
 
 
 def test_matrix_covers_every_factorisation_engine_and_model(results):
