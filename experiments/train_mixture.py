@@ -4,25 +4,15 @@
       --config.sampler.name=bandit --config.method=upgrad --config.workdir=runs/dm_bandit
 
 ``experiments/train.py`` hands a config over to :func:`train_and_evaluate` here when
-``config.tasks`` is a list of per-task sources (:func:`is_mixture_config`). This is
-the thin, self-contained mixture layer; the lead folds it into the one step builder
-(the pieces it needs are `mtlx.data.mixture`, `mtlx.data.samplers` and
-`mtlx.train.task_mask`).
-
-Config keys read (beside the usual ``method``, ``weighting``, ``*_kwargs``,
-``optimizer``, ``learning_rate``, ``schedule``, ``num_steps``, ``batch_size``,
-``seed``, ``workdir``, ``resume``, ``log_every``, ``eval_every``,
-``checkpoint_every``, ``keep_checkpoints``, ``model``, ``model_kwargs``):
-
-* ``tasks``: a list of source configs (`mtlx.data.sources.source_from_config`);
-* ``sampler``: a nested ConfigDict (`mtlx.data.samplers.make_sampler`);
-* ``eval_batch_size``; ``eval_examples`` (examples per endless task at eval).
-
-The step: masked per-task losses (`mtlx.train.task_mask.masked_task_losses`), the
-per-task gradients (``mtlx.value_and_jacobian``), the MTO chain wrapped in
-`mtlx.train.task_mask.mask_absent_tasks` (told which tasks are present, so absent
-tasks' method state is unchanged), then the optimizer. ``metrics.jsonl`` train
-rows add ``count/<task>`` (the step's global examples of each task),
+``config.tasks`` is a list of per-task sources (:func:`is_mixture_config`). The
+step is the library's one step builder, `mtlx.train.make_step`, with
+``task_mask="task_id"`` (any engine, ``config.engine``; on a mesh with
+``config.mesh``): masked per-task losses (`mtlx.train.task_mask.masked_task_losses`:
+task ``k``'s mean over its own rows, 0 when absent), the engine's per-task
+gradients / Gramian / single backward pass, the MTO chain told which tasks are
+present (absent tasks' method state is unchanged), then the optimizer.
+``metrics.jsonl`` train rows add ``count/<task>`` (the step's global examples of each task),
+``weight/<task>`` (the step's task weights),
 ``examples/<task>`` (cumulative) and ``p/<task>`` (the sampler's probabilities);
 eval rows hold ``loss/<task>`` and ``<metric>/<task>`` per task on its own test
 split. The orbax checkpoint holds ``{"train": ..., "mixture": MixtureState}``, so
@@ -35,14 +25,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-import mtlx
 from mtlx import metrics as mmetrics
 from mtlx import models as mmodels
 from mtlx import train as mtrain
@@ -74,53 +62,61 @@ def make_mixture_iterator(config, train_sources, state=None) -> mixture.MixtureI
                                  process_count=jax.process_count(), state=state)
 
 
+ICL_MODELS = ("icl_gpt", "icl_transformer")  # the second: the old name
+
+
 def make_model(config, info):
-  """``(ModelFns, params)``: ``icl_transformer`` (the stub in experiments/icl_model.py)
-  or any `mtlx.models` name."""
+  """``(ModelFns, params)``: ``icl_gpt`` (the library GPT read out at every x token,
+  `experiments.icl_model`) or any `mtlx.models` name."""
   kwargs = dict(config.get("model_kwargs", {}) or {})
-  if config.model == "icl_transformer":
+  if config.model in ICL_MODELS:
     from experiments import icl_model  # pylint: disable=import-outside-toplevel
-    keep = {k: kwargs[k] for k in ("width", "depth", "heads") if k in kwargs}
-    return icl_model.tiny_causal_transformer(info.input_shape, info.tasks, seed=config.seed,
-                                             **keep)
+    if "width" in kwargs:  # the old stub's spelling
+      kwargs["dim"] = kwargs.pop("width")
+    keep = {k: kwargs[k] for k in ("preset", "dim", "depth", "heads") if k in kwargs}
+    return mmodels.split(icl_model.icl_gpt(info.input_shape, info.tasks, seed=config.seed,
+                                           **keep))
   from experiments import train as train_lib  # pylint: disable=import-outside-toplevel
   model = mmodels.get_model(config.model, input_shape=info.input_shape, tasks=info.tasks,
                             **train_lib.model_kwargs(config))
   return mmodels.split(model)
 
 
-def make_step(fns, info, config):
-  """``(init, step, eval_stats)``: the jitted mixture step (module docstring)."""
+class MixtureStep(NamedTuple):
+  """What :func:`make_step` returns: the one step builder's :class:`mtlx.train.Step`
+  (``step.init``, ``step.step``, ``step.shard_batch``, …) and the eval function."""
+  step: Any
+  eval_stats: Any
+
+
+def make_step(fns, info, config, *, params=None, example_batch=None,
+              mesh=None) -> MixtureStep:
+  """The mixture step: `mtlx.train.make_step` with ``task_mask="task_id"`` on the
+  masked per-task losses (module docstring), any engine (``config.engine``), on
+  ``mesh`` when given; and the jitted per-task eval sums."""
+  from experiments import train as train_lib  # pylint: disable=import-outside-toplevel
   k = info.num_tasks
   loss_tx, grad_tx = mtrain.build_mto(
       config.method, config.weighting, k,
       method_kwargs=_kwargs(config.get("method_kwargs", "")),
       weighting_kwargs=_kwargs(config.get("weighting_kwargs", "")))
-  inner = grad_tx if loss_tx is None else optax.chain(loss_tx, grad_tx)
-  mto = task_mask.mask_absent_tasks(inner, num_tasks=k)
   optimizer = mtrain.make_optimizer(config.optimizer, config.learning_rate,
                                     schedule=config.get("schedule", "constant"),
                                     num_steps=config.num_steps)
 
-  def loss_fn(p, batch):
-    return task_mask.masked_task_losses(info.tasks, fns.apply(p, batch[info.input_key]),
+  def heads(dec, z, batch):
+    return task_mask.masked_task_losses(info.tasks, fns.decode(dec, z, batch[info.input_key]),
                                         batch)[0]
 
-  def init(params):
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "mto": mto.init(params),
-            "opt": optimizer.init(params)}
+  def loss_fn(p, batch):
+    return heads(p["decoder"], fns.encode(p["encoder"], batch[info.input_key]), batch)
 
-  @jax.jit
-  def step(state, batch):
-    p = state["params"]
-    losses, task_grads = mtlx.value_and_jacobian(loss_fn)(p, batch)
-    counts, present = task_mask.task_presence(batch[mixture.TASK_ID_KEY], k)
-    grads, mto_state = mto.update(task_grads, state["mto"], p, task_losses=losses,
-                                  task_mask=present)
-    updates, opt_state = optimizer.update(grads, state["opt"], p)
-    new = {"step": state["step"] + 1, "params": optax.apply_updates(p, updates),
-           "mto": mto_state, "opt": opt_state}
-    return new, {"losses": losses, "counts": counts}
+  rep = mtrain.Representation(lambda enc, batch: fns.encode(enc, batch[info.input_key]), heads)
+  st = mtrain.make_step(
+      loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optimizer,
+      engine=train_lib.engine(config), params=params, example_batch=example_batch,
+      representation=rep, mesh=mesh, task_mask=mixture.TASK_ID_KEY,
+      label=f"weighting={config.weighting!r}, method={config.method!r}")
 
   @jax.jit
   def eval_stats(p, batch):
@@ -132,7 +128,7 @@ def make_step(fns, info, config):
                                                 num_outputs=t.num_outputs) for m in t.metrics}
     return stats
 
-  return init, step, eval_stats
+  return MixtureStep(st, eval_stats)
 
 
 def _kwargs(value) -> dict:
@@ -155,8 +151,29 @@ def evaluate(eval_stats, params, info, test_sources, config) -> dict:
   return row
 
 
-def train(config, *, return_state: bool = False):
-  """Runs the config; returns the last eval row (and ``(state, fns, info)``)."""
+def make_mesh(config, devices=None):
+  """``None`` for ``config.mesh`` all ones (one device, plain ``jit``), else the mesh
+  (`mtlx.sharding.mesh_from_config`); the global batch must divide over ``data``."""
+  mesh_cfg = config.get("mesh", None)
+  if mesh_cfg is None or all(int(mesh_cfg.get(a, 1)) == 1 for a in ("data", "model", "task")):
+    return None
+  from mtlx import sharding  # pylint: disable=import-outside-toplevel
+  mesh = sharding.mesh_from_config(config, devices=devices)
+  rows = int(config.batch_size) * jax.process_count()
+  if rows % mesh.shape["data"]:
+    raise ValueError(f"config.batch_size={config.batch_size} (x {jax.process_count()} "
+                     f"process(es) = {rows} rows) is not divisible by config.mesh.data="
+                     f"{mesh.shape['data']}; expected a multiple.")
+  return mesh
+
+
+def train(config, *, return_state: bool = False, devices=None):
+  """Runs the config; returns the last eval row (and ``(state, fns, info)``).
+
+  On a mesh (``config.mesh``) each host reads its own rows of the global batch
+  (`MixtureIterator`) and the step splits them over the ``data`` axis in contiguous
+  blocks (`mtlx.train.make_step` with ``mesh=``): no row is read or used twice."""
+  mesh = make_mesh(config, devices)
   train_sources = make_sources(config, "train")
   test_sources = make_sources(config, config.get("eval_split", "test") or "test")
   info = mixture.check_sources(train_sources)
@@ -165,8 +182,10 @@ def train(config, *, return_state: bool = False):
       mmetrics.check_metric(m, t.kind)
   it = make_mixture_iterator(config, train_sources)  # validates the sampler config
   fns, params = make_model(config, info)
-  init, step, eval_stats = make_step(fns, info, config)
-  state = init(params)
+  example = next(make_mixture_iterator(config, train_sources))  # a fresh stream's first batch
+  ms = make_step(fns, info, config, params=params, example_batch=example, mesh=mesh)
+  step, eval_stats = ms.step.step, ms.eval_stats
+  state = ms.step.init(params, ms.step.shard_batch(example), config.seed)
   workdir = os.path.abspath(config.workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   start = 0
@@ -176,7 +195,7 @@ def train(config, *, return_state: bool = False):
       restored = ckpt.restore({"train": state, "mixture": it.state})
       state = restored["train"]
       it = make_mixture_iterator(config, train_sources, state=restored["mixture"])
-      start = int(state["step"])
+      start = int(state.step)
   else:
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
       raise ValueError(f"config.workdir={workdir!r} already holds checkpoints; expected "
@@ -197,7 +216,8 @@ def train(config, *, return_state: bool = False):
   t0, n0 = time.perf_counter(), start
   for s in range(start + 1, config.num_steps + 1):
     p = it.sampler.probabilities(it.state.sampler, int(it.state.step))
-    batch = next(it)
+    batch = ms.step.shard_batch(next(it))
+    counts = it.last_counts
     state, out = step(state, batch)
     if it.sampler.adaptive:
       it.update(np.asarray(jax.device_get(out["losses"])))
@@ -209,7 +229,8 @@ def train(config, *, return_state: bool = False):
       row = {}
       for k, n in enumerate(names):
         row[f"loss/{n}"] = float(out["losses"][k])
-        row[f"count/{n}"] = int(out["counts"][k])
+        row[f"count/{n}"] = int(counts[k])
+        row[f"weight/{n}"] = float(out["weights"][k])
         row[f"examples/{n}"] = int(it.state.cursor[k])
         row[f"p/{n}"] = float(p[k])
       now = time.perf_counter()
@@ -218,7 +239,7 @@ def train(config, *, return_state: bool = False):
       writer.write(s, "train", row)
     if s % config.eval_every == 0 or final:
       te = time.perf_counter()
-      last_eval = evaluate(eval_stats, state["params"], info, test_sources, config)
+      last_eval = evaluate(eval_stats, state.params, info, test_sources, config)
       writer.write(s, "eval", last_eval)
       t0 += time.perf_counter() - te
     if s % config.checkpoint_every == 0 or final:
@@ -234,12 +255,6 @@ def train(config, *, return_state: bool = False):
 
 
 def train_and_evaluate(config, *, devices=None) -> dict:
-  """The `experiments.train.train_and_evaluate` of mixture configs (one device:
-  ``config.mesh`` other than all ones is a ValueError here, until the lead wires the
-  mixture into the sharded step builder)."""
-  del devices
-  mesh = config.get("mesh", None)
-  if mesh is not None and any(int(mesh.get(a, 1)) != 1 for a in ("data", "model", "task")):
-    raise ValueError(f"config.mesh={dict(mesh)}: mixture runs (config.tasks a list) run on "
-                     "one device for now; expected data=model=task=1.")
-  return train(config)
+  """The `experiments.train.train_and_evaluate` of mixture configs (on the devices
+  ``config.mesh`` lays out; default all of them)."""
+  return train(config, devices=devices)

@@ -63,6 +63,7 @@ from mtlx.loss_weighting.base import LossWeighting
 from mtlx.loss_weighting.base import scale_rows
 from mtlx import validation
 from mtlx.train import losses as losses_lib
+from mtlx.train import task_mask as task_mask_lib
 from mtlx import metrics as metrics_lib
 
 ENGINES = ("one_backward", "gramian", "jacobian", "representation")
@@ -312,7 +313,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
               chunk_size: int | None = None, extra_batches: int = 0,
               mesh: Any = None, param_rule: str = "fsdp", shard_tasks: bool = True,
               min_size: int = 2 ** 10, donate: bool = False,
-              label: str | None = None) -> Step:
+              label: str | None = None, task_mask: Any = None) -> Step:
   """The jitted MTO train step ``(state, batch) -> (state, info)`` of any engine.
 
   Args:
@@ -340,6 +341,18 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     param_rule / shard_tasks / min_size: see :func:`mtlx.sharding.step_shardings`.
     donate: donate the state's buffers to the step.
     label: the methods' names for messages and the log (e.g. ``"dwa+upgrad"``).
+    task_mask: steps in which some tasks have no example (per-task datasets,
+      :mod:`mtlx.data.mixture`): the key of the batch's per-row task ids
+      (``"task_id"``; task ``k`` is present when it has a row) or a function
+      ``batch -> [K]`` bool. ``loss_fn`` gives absent tasks a zero, masked loss
+      (:func:`mtlx.train.task_mask.masked_task_losses`); on every engine the
+      methods then read an absent task's loss as 1 (its gradient stays zero), the
+      absent tasks' entries of the loss-space and gradient-space states keep their
+      old values (:func:`mtlx.train.task_mask.keep_absent`), ``info['losses']``
+      holds the masked losses (0 when absent) and ``info['task_mask']`` the mask.
+      Min-norm methods (MGDA, …) see a zero row and return 0 on such a step
+      (module :mod:`mtlx.train.task_mask`). ``None`` (default): every task is
+      present, the step is exactly the unmasked one.
 
   Raises:
     ValueError: before anything is built, for an engine that cannot serve the
@@ -349,6 +362,12 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
   if extra_batches not in (0, 1, 2):
     raise ValueError(f"extra_batches={extra_batches}; expected 0, 1 or 2.")
   loss_txs = _loss_list(loss_tx)
+  mask_of = None if task_mask is None else task_mask_lib.presence_fn(task_mask)
+  if mask_of is not None:  # the methods read absent tasks' losses as 1 (grads unchanged)
+    loss_fn = task_mask_lib.with_filled_losses(loss_fn, mask_of)
+    if representation is not None:
+      representation = representation._replace(heads=task_mask_lib.with_filled_losses(
+          representation.heads, mask_of, batch_arg=2))
   kw = dict(extra_batches=extra_batches, representation=representation is not None)
   if engine == "auto":
     engine = choose_engine(loss_txs, grad_tx, loss_fn=loss_fn, params=params,
@@ -492,6 +511,11 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       exact = u is not None
       w = v * u.astype(v.dtype) if exact else span_weights(gram, rj.rep_grads, d_z)
       info["cosines"] = jacobian.cosines(gram)
+    if mask_of is not None:  # absent tasks keep their method state; log their loss as 0
+      info["task_mask"] = mask = mask_of(batch, losses.shape[0])
+      loss_state, grad_state = task_mask_lib.keep_absent(
+          (loss_state, grad_state), (state.loss_state, state.grad_state), mask)
+      losses = jnp.where(mask, losses, jnp.zeros_like(losses))
     if sh is not None:
       grads = constrain(grads, sh.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, p)

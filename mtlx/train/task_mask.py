@@ -180,3 +180,50 @@ def masked_loss_weights(loss_tx: optax.GradientTransformation, state: Any,
   filled = jnp.where(task_mask, task_losses, jnp.asarray(fill_loss, task_losses.dtype))
   weights, new_state = loss_weights(loss_tx, state, filled)
   return weights, keep_absent(new_state, state, task_mask, task_axes=task_axes)
+
+
+# ---- the hook of the one step builder (`mtlx.train.make_step(..., task_mask=...)`) ----
+
+
+def presence_fn(task_mask: str | Callable) -> Callable:
+  """``(batch, num_tasks) -> [K] bool`` from ``make_step``'s ``task_mask`` argument.
+
+  ``task_mask`` is either a function of the batch returning the ``[K]`` presence
+  mask (bool or 0/1), or the key of the batch's per-row task ids (``int [B]``, e.g.
+  ``"task_id"`` of `mtlx.data.mixture` batches): ``m_k = (#rows of task k > 0)``,
+  a global count on a batch sharded over ``data``.
+  """
+  if callable(task_mask):
+    def from_fn(batch, num_tasks):
+      mask = jnp.asarray(task_mask(batch)).astype(bool)
+      validation.check_vector(mask, num_tasks, "task_mask(batch)")
+      return mask
+    return from_fn
+  if isinstance(task_mask, str):
+    return lambda batch, num_tasks: task_presence(batch[task_mask], num_tasks)[1]
+  raise ValueError(f"task_mask={task_mask!r}; expected None, the key of the batch's "
+                   "per-row task ids (e.g. 'task_id') or a function batch -> [K] bool.")
+
+
+def losses_seen_by_methods(losses: jax.Array, mask: jax.Array,
+                           fill_loss: float = 1.0) -> jax.Array:
+  """``losses`` whose absent entries READ as ``fill_loss`` while their gradient is the
+  masked loss's own (zero): ``L_k + stop_gradient(fill − L_k)`` for absent ``k``.
+
+  Every engine then hands the methods finite, non-zero losses for absent tasks (no
+  ``log 0``), and every backward pass (``vjp``, Gramian, Jacobian) is unchanged.
+  A non-finite loss of a present task propagates as it is."""
+  mask = jnp.asarray(mask).astype(bool)
+  fill = jnp.asarray(fill_loss, losses.dtype)
+  return losses + jax.lax.stop_gradient(jnp.where(mask, 0, fill - losses).astype(losses.dtype))
+
+
+def with_filled_losses(fn: Callable, mask_fn: Callable, *, batch_arg: int = 1,
+                       fill_loss: float = 1.0) -> Callable:
+  """``fn(*args) -> losses [K]`` with absent tasks' losses read as ``fill_loss``
+  (:func:`losses_seen_by_methods`); the mask is ``mask_fn(args[batch_arg], K)``."""
+  def wrapped(*args):
+    losses = fn(*args)
+    return losses_seen_by_methods(losses, mask_fn(args[batch_arg], losses.shape[0]),
+                                  fill_loss)
+  return wrapped
