@@ -6,8 +6,11 @@
 (``python -m experiments.train`` with this config trains without the curves.)
 Tasks: the five function classes of `mtlx.data.function_classes` (prompts made on
 the fly from the seed), all with dimension ``dim`` and ``n_points`` examples per
-prompt; one causal model (``icl_transformer``: the stub in experiments/icl_model.py,
-to be replaced by the library GPT) with one head per class. Sizes here are small so
+prompt; one causal model (``icl_gpt``: the library GPT, `mtlx.models.gpt`, read out
+at every x token, experiments/icl_model.py) with one head per class.
+``config.icl.variants`` (empty: the config itself) trains several sampler / method
+variants and plots them against the baselines (`experiments.icl_function_classes`);
+``README_VARIANTS`` is the README's comparison. Sizes here are small so
 a CPU run finishes in minutes; Garg et al. use d = 20, n = 41, a 12-layer GPT-2 and
 500k steps.
 """
@@ -29,8 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
       "curriculum_dims": ()})  for name in CLASSES]
   c.sampler = digits_mixture.sampler_config("uniform")
   c.sampler.weights = (1.0,) * len(CLASSES)
-  c.model = "icl_transformer"
-  c.model_kwargs = ml_collections.ConfigDict({"width": 64, "depth": 2, "heads": 2})
+  c.model = "icl_gpt"
+  c.model_kwargs = ml_collections.ConfigDict({"preset": "tiny", "dim": 32, "depth": 2,
+                                              "heads": 2})
   c.learning_rate = 3e-4
   c.batch_size = 64
   c.eval_batch_size = 256
@@ -43,5 +47,28 @@ def get_config() -> ml_collections.ConfigDict:
   # curriculum_dims (start, increment, interval): Garg et al.'s curriculum on the
   # dimension for every class, e.g. (2, 1, 200); () = none. Sampler comparisons:
   # --config.sampler.name=uniform | temperature | loss_proportional | bandit | staged.
-  c.icl = ml_collections.ConfigDict({"eval_prompts": 256, "curriculum_dims": ()})
+  c.icl = ml_collections.ConfigDict({"eval_prompts": 256, "curriculum_dims": (),
+                                     "variants": []})
   return c
+
+
+def readme_variants(num_steps: int, dim: int) -> list:
+  """The README's comparison: samplers (uniform, loss-proportional, a Garg et al.
+  curriculum: linear regression alone for the first third of training, then
+  uniform, with the dimension growing from 2 over the first half) and MTO methods
+  (FAMO, UPGrad) with uniform sampling. Temperature sampling needs dataset sizes;
+  the function classes are endless generators (`mtlx.data.samplers.temperature`)."""
+  third = max(num_steps // 3, 1)
+  grow = max(num_steps // (2 * max(dim - 2, 1)), 1)
+  return [
+      {"name": "uniform+ls", "sampler": {"name": "uniform"}, "method": "ls"},
+      {"name": "loss_prop+ls", "sampler": {"name": "loss_proportional", "epsilon": 0.2},
+       "method": "ls"},
+      {"name": "curriculum+ls", "method": "ls", "curriculum_dims": (2, 1, grow),
+       "sampler": {"name": "staged", "stages": [
+           {"steps": third, "sampler": {"name": "fixed", "weights": [1, 0, 0, 0, 0]}},
+           {"steps": 1, "sampler": {"name": "uniform"}}]}},
+      {"name": "uniform+famo", "sampler": {"name": "uniform"}, "weighting": "famo",
+       "method": "ls"},
+      {"name": "uniform+upgrad", "sampler": {"name": "uniform"}, "method": "upgrad"},
+  ]

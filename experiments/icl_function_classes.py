@@ -39,30 +39,47 @@ from mtlx.data import function_classes as fc
 from mtlx.data import mixture
 
 
-def curves(config, params, fns, info, test_sources) -> dict:
-  """``{class: {"model": curve, baseline: curve}}`` on the test prompts."""
+BASELINE_NAMES = ("least_squares", "3nn", "averaging")
+
+
+def curves(config, params, fns, info, test_sources, *, label: str = "model",
+           baselines: bool = True) -> dict:
+  """``{class: {label: curve, baseline: curve}}`` on the test prompts."""
   count = int(config.icl.eval_prompts)
   out = {}
   apply = jax.jit(fns.apply)
-  for k, (task, src) in enumerate(zip(info.tasks, test_sources)):
+  for task, src in zip(info.tasks, test_sources):
     batch = src.read(np.arange(count))
     tokens = jnp.asarray(batch[src.input_key])
     xs, ys = fc.split_tokens(tokens)
     dim = xs.shape[-1]
     preds = apply(params, tokens)[task.name]
-    entry = {"model": np.asarray(fc.normalised_error(preds, ys, dim)).tolist()}
-    names = ["least_squares", "3nn", "averaging"]
-    if "sparse" in task.name:
-      names.append("lasso")
-    entry.update({n: v.tolist() for n, v in fc.baseline_curves(xs, ys, names).items()})
+    entry = {label: np.asarray(fc.normalised_error(preds, ys, dim)).tolist()}
+    if baselines:
+      names = list(BASELINE_NAMES) + (["lasso"] if "sparse" in task.name else [])
+      entry.update({n: v.tolist() for n, v in fc.baseline_curves(xs, ys, names).items()})
     out[task.name] = entry
-    del k
   return out
+
+
+def variant_config(config, variant):
+  """``config`` with one comparison variant's overrides: ``sampler`` (a dict of
+  sampler keys), ``method``, ``weighting``, ``curriculum_dims``; its own workdir."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for key in ("method", "weighting"):
+      if variant.get(key):
+        c[key] = variant[key]
+    for key, value in dict(variant.get("sampler", {}) or {}).items():
+      c.sampler[key] = value
+    c.icl.curriculum_dims = tuple(variant.get("curriculum_dims", ()) or ())
+    c.workdir = os.path.join(config.workdir, variant["name"])
+  return c
 
 
 def table(result: dict, dim: int) -> str:
   """A Markdown table of the curves at a few positions."""
-  n = len(next(iter(result.values()))["model"])
+  n = len(next(iter(next(iter(result.values())).values())))
   positions = sorted({1, max(dim // 2, 1), min(dim, n - 1), n - 1})
   lines = ["| class | estimator | " + " | ".join(f"i={i}" for i in positions) + " |",
            "|---|---|" + "---|" * len(positions)]
@@ -74,34 +91,59 @@ def table(result: dict, dim: int) -> str:
 
 
 def figure(result: dict, path: str) -> None:
+  """One panel per class: every trained variant (solid) and the baselines (dashed)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(1, len(result), figsize=(3.2 * len(result), 3), squeeze=False)
+  fig, axes = plt.subplots(1, len(result), figsize=(3.0 * len(result), 2.8), squeeze=False)
   for ax, (cls, entry) in zip(axes[0], result.items()):
+    models = [n for n in entry if n not in BASELINE_NAMES + ("lasso",)]
     for name, curve in entry.items():
-      ax.plot(np.arange(len(curve)), curve, label=name, lw=2 if name == "model" else 1)
+      base = name not in models
+      ax.plot(np.arange(len(curve)), curve, label=name, lw=1 if base else 1.8,
+              ls="--" if base else "-")
     ax.set_title(cls, fontsize=9)
-    ax.set_xlabel("in-context examples")
-    # least squares peaks at i = d (interpolation threshold): clip the axis to the model's scale
-    ax.set_ylim(0, 2.0 * max(max(entry["model"]), 1e-3))
-  axes[0][0].set_ylabel("squared error / d")
-  axes[0][-1].legend(fontsize=7)
+    ax.set_xlabel("in-context examples", fontsize=8)
+    # least squares peaks at i = d (interpolation threshold): clip to the models' scale
+    top = max(max(entry[n]) for n in models)
+    ax.set_ylim(0, 1.5 * max(top, 1e-3))
+    ax.tick_params(labelsize=7)
+  axes[0][0].set_ylabel("squared error / d", fontsize=8)
+  axes[0][-1].legend(fontsize=6)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=80)
   plt.close(fig)
 
 
-def run(config) -> dict:
-  """Trains, then writes the curves, table and figure; returns the curves."""
+def _train_curves(config, label, baselines):
   if tuple(config.icl.get("curriculum_dims", ()) or ()):
     for t in config.tasks:  # the same curriculum on the dimension for every class
       t.curriculum_dims = tuple(config.icl.curriculum_dims)
   _, (state, fns, info) = train_mixture.train(config, return_state=True)
   test_sources = train_mixture.make_sources(config, config.get("eval_split", "test") or "test")
   mixture.check_sources(test_sources)
-  result = curves(config, state["params"], fns, info, test_sources)
+  return curves(config, state.params, fns, info, test_sources, label=label,
+                baselines=baselines), info
+
+
+def run(config) -> dict:
+  """Trains (each of ``config.icl.variants``, or the config itself as ``model``),
+  then writes the curves, table and figure; returns the curves."""
+  variants = list(config.icl.get("variants", ()) or ())
+  if not variants:
+    result, info = _train_curves(config, "model", True)
+  else:
+    result = {}
+    for i, v in enumerate(variants):
+      part, info = _train_curves(variant_config(config, v), v["name"], i == 0)
+      for cls, entry in part.items():
+        result.setdefault(cls, {}).update(entry)
+    # variants first, then the baselines
+    names = [v["name"] for v in variants]
+    result = {cls: {**{n: e[n] for n in names}, **{n: c for n, c in e.items() if n not in names}}
+              for cls, e in result.items()}
   workdir = os.path.abspath(config.workdir)
+  os.makedirs(workdir, exist_ok=True)
   dim = int(info.input_shape[1]) - 1
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "icl_curves.json"), "w") as f:

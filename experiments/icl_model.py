@@ -20,7 +20,8 @@ from flax import nnx
 import jax.numpy as jnp
 
 from mtlx.models import base
-from mtlx.models import gpt as gpt_lib
+from mtlx.models.gpt import PRESETS
+from mtlx.models.gpt import GPTEncoder
 from mtlx.models import transformer as tf
 
 
@@ -50,9 +51,9 @@ def icl_gpt(input_shape: Sequence[int], tasks, *, preset: str = "tiny",
     seed: initialisation seed.
   """
   t_len, feat = (int(v) for v in input_shape)
-  size = tf.resolve_size(gpt_lib.PRESETS, preset, dim=dim, depth=depth, heads=heads)
+  size = tf.resolve_size(PRESETS, preset, dim=dim, depth=depth, heads=heads)
   rngs = nnx.Rngs(seed)
-  enc = gpt_lib.GPTEncoder((t_len, feat), size, vocab_size=0, max_len=t_len,
+  enc = GPTEncoder((t_len, feat), size, vocab_size=0, max_len=t_len,
                            patch_size=feat, pool="last", head="lm", tied=False,
                            num_tasks=len(tasks), dtype=jnp.float32, dropout_rate=0.0,
                            rngs=rngs)
