@@ -122,3 +122,11 @@ def test_trainer_wrong_mesh_fails_before_training(results):
   err = results["trainer"]["bad_mesh_error"]
   assert err and "data=2 x model=2 x task=1 = 4 devices" in err and "8 device(s)" in err
   assert results["trainer"]["bad_mesh_wrote_nothing"]
+
+
+def test_mixture_run_on_mesh_matches_one_device(results):
+  """Tasks from separate datasets (unmixed slices: absent tasks every step) on 4x2 =
+  on one device; the data axis splits the batch into disjoint contiguous blocks."""
+  mx = results["mixture"]
+  assert mx["params_rel_4x2_vs_1"] <= 1e-5, mx
+  assert [tuple(b) for b in mx["data_row_blocks"]] == [(0, 4), (4, 8), (8, 12), (12, 16)], mx

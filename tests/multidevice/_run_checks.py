@@ -391,6 +391,38 @@ def check_trainer():
   return out
 
 
+def check_mixture():
+  """A multi-dataset run (3 digits datasets, unmixed slices, FAMO + UPGrad) on 4x2 =
+  on one device; the data axis holds disjoint contiguous row blocks of the batch."""
+  from configs import digits_mixture
+  from experiments import train_mixture
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    finals = {}
+    for shape in [(1, 1, 1), (4, 2, 1)]:
+      c = digits_mixture.get_config()
+      c.update(dict(workdir=os.path.join(tmp, "x".join(map(str, shape))), num_steps=3,
+                    batch_size=16, eval_batch_size=64, eval_every=3, checkpoint_every=3,
+                    log_every=3, method="upgrad", weighting="famo"))
+      for t, n in zip(c.tasks, (48, 32, 16)):
+        t.num_examples = n
+      c.sampler.name, c.sampler.num_slices = "unmixed", 2   # absent tasks every step
+      c.model_kwargs.update(dict(widths=(4,), hidden=16, head_hidden=8))
+      c.mesh.update(dict(zip(("data", "model", "task"), shape)))
+      n = int(np.prod(shape))
+      _, (state, _, _) = train_mixture.train(c, return_state=True, devices=jax.devices()[:n])
+      finals[shape] = jax.device_get(state.params)
+      if shape != (1, 1, 1):
+        srcs = train_mixture.make_sources(c, "train")
+        it = train_mixture.make_mixture_iterator(c, srcs)
+        mesh = train_mixture.make_mesh(c, jax.devices()[:n])
+        tid = sharding.global_batch(next(it), mesh)["task_id"]  # what the step's shard_batch does
+        out["data_row_blocks"] = sorted({(s.index[0].start, s.index[0].stop)
+                                         for s in tid.addressable_shards})
+    out["params_rel_4x2_vs_1"] = max_rel(finals[(4, 2, 1)], finals[(1, 1, 1)])
+  return out
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
   params = init_params()
@@ -403,6 +435,7 @@ def main():
       "hlo": check_hlo(params, data),
       "checkpoint": check_checkpoint(params, data),
       "trainer": check_trainer(),
+      "mixture": check_mixture(),
   }
   print("RESULTS " + json.dumps(results))
 
