@@ -25,7 +25,10 @@ def sampler_config(name: str = "temperature") -> ml_collections.ConfigDict:
       "temperature": 2.0,             # temperature: p_k ~ n_k^(1/T)
       "num_slices": 1,                # unmixed: one task per slice of the global batch
       "base": {"name": "uniform", "temperature": 2.0},  # unmixed: the rule per slice
-      "stages": [],                   # staged: [{"steps": n, "sampler": {...}}, ...]
+      # staged: [{"steps": n, "sampler": {...}}, ...]; default: the large dataset
+      # (digit) alone for 100 steps, then the temperature mixture
+      "stages": [{"steps": 100, "sampler": {"name": "fixed", "weights": [1.0, 0.0, 0.0]}},
+                 {"steps": 1, "sampler": {"name": "temperature", "temperature": 2.0}}],
       "algorithm": "exp3",            # bandit: exp3 | ucb
       "gamma": 0.1,                   # bandit (exp3): exploration
       "c": 1.0,                       # bandit (ucb): exploration bonus

@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
       "curriculum_dims": ()})  for name in CLASSES]
   c.sampler = digits_mixture.sampler_config("uniform")
   c.sampler.weights = (1.0,) * len(CLASSES)
+  c.sampler.stages = [  # staged: linear regression alone first, then uniform
+      {"steps": 500, "sampler": {"name": "fixed", "weights": [1.0, 0.0, 0.0, 0.0, 0.0]}},
+      {"steps": 1, "sampler": {"name": "uniform"}}]
   c.model = "icl_gpt"
   c.model_kwargs = ml_collections.ConfigDict({"preset": "tiny", "dim": 32, "depth": 2,
                                               "heads": 2})

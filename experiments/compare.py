@@ -10,6 +10,15 @@ same config otherwise, through ``experiments.train.train_and_evaluate``. Every r
 lives in ``{workdir}/runs/<label>/seed<s>``; a finished run is reused and an
 interrupted one resumed when the compare is started again.
 
+Tasks from separate datasets (``config.tasks`` a list of per-task sources, e.g.
+``configs/digits_mixture.py``): the single-task baselines train each task alone on
+its own data, and ``--samplers`` sweeps ``config.sampler.name`` (``all``: the eight
+samplers; labels ``method@sampler``); every run's ``metrics.jsonl`` logs the
+per-task example counts of each step (``count/<task>``).
+
+  python -m experiments.compare --config configs/digits_mixture.py \
+      --methods ls,famo,upgrad --samplers all --seeds 2
+
 Protocol (explicit; ``--protocol``, default from ``config.protocol``):
   ``last_k``    each run's score is the mean of its last ``k`` eval rows
                 (``--last_k``, default ``config.last_k``).
@@ -32,6 +41,7 @@ import hashlib
 import json
 import os
 import time
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -88,12 +98,14 @@ def config_hash(config) -> str:
 
 
 def run_one(base_config, rundir: str, *, seed: int, method: str, weighting: str,
-            tasks: str = "") -> list[dict]:
+            tasks: Any = "", sampler: str = "") -> list[dict]:
   """Trains (or reuses / resumes) one run and returns its metrics.jsonl rows.
 
   The run lives in ``{rundir}/seed<seed>_<config hash>``: a finished run with the
   same config is reused, an interrupted one resumed, and a changed config gets a
-  new directory (never a stale result).
+  new directory (never a stale result). ``tasks``: a subset string, or for a
+  multi-dataset config the list of per-task source configs; ``sampler``: the
+  ``config.sampler.name`` of a multi-dataset run.
   """
   from experiments import train as train_lib  # pylint: disable=import-outside-toplevel
   config = copy.deepcopy(base_config)
@@ -107,6 +119,8 @@ def run_one(base_config, rundir: str, *, seed: int, method: str, weighting: str,
     config.method = method
     config.weighting = weighting
     config.tasks = tasks
+    if sampler:
+      config.sampler.name = sampler
   workdir = os.path.join(rundir, f"seed{seed}_{config_hash(config)}")
   with config.unlocked():
     config.workdir = workdir
@@ -331,6 +345,40 @@ def write_plots(results, summary, tasks, labels, seeds, workdir) -> list[str]:
   return paths
 
 
+# ------------------------------------------------------------ multi-dataset runs
+
+
+def mixture_specs(config, specs, samplers) -> tuple[Any, list, list, dict]:
+  """``(info, tasks, specs, sampler_of)`` of a multi-dataset config (``config.tasks`` a
+  list of per-task sources): every method spec under every sampler of ``samplers``
+  (names; ``['all']``: the eight of `mtlx.data.samplers.SAMPLER_NAMES`; empty:
+  ``config.sampler.name``), labelled ``spec@sampler`` when there are several. Every
+  sampler and method is built once here, so a bad name or argument fails before any run."""
+  from experiments import train_mixture  # pylint: disable=import-outside-toplevel
+  from mtlx.data import mixture as mixture_lib  # pylint: disable=import-outside-toplevel
+  from mtlx.data import samplers as samplers_lib  # pylint: disable=import-outside-toplevel
+  names = [n.strip() for n in (samplers or ()) if n.strip()] or [config.sampler.name]
+  if names == ["all"]:
+    names = list(samplers_lib.SAMPLER_NAMES)
+  srcs = train_mixture.make_sources(config, "train")
+  info = mixture_lib.check_sources(srcs)
+  sizes = [s.num_examples for s in srcs]
+  for name in names:
+    cfg = copy.deepcopy(config.sampler)
+    with cfg.unlocked():
+      cfg.name = name
+    samplers_lib.make_sampler(cfg, len(srcs), sizes)
+  for _, method, weighting in specs:
+    mtrain.build_mto(method, weighting, len(srcs))
+  out, sampler_of = [], {}
+  for name in names:
+    for label, method, weighting in specs:
+      full = f"{label}@{name}" if len(names) > 1 else label
+      out.append((full, method, weighting))
+      sampler_of[full] = name
+  return info, list(info.tasks), out, sampler_of
+
+
 def _enable_compilation_cache(path: str) -> None:
   """Seeds after the first reuse the compiled steps (same programs, other values)."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -342,22 +390,30 @@ def _enable_compilation_cache(path: str) -> None:
 
 
 def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
-            last_k: int = 0, compilation_cache: bool = True) -> dict:
+            last_k: int = 0, compilation_cache: bool = True, samplers=()) -> dict:
   """Runs the comparison and writes tables and plots; returns paths and the summary.
+
+  A multi-dataset config (``config.tasks`` a list of per-task sources) compares
+  every method under every sampler of ``samplers`` (:func:`mixture_specs`); its
+  single-task baselines train each task alone on its own data.
 
   ``compilation_cache`` turns on JAX's persistent compilation cache under
   ``{workdir}/.jax_cache`` (a process-wide setting) so later seeds skip compiling.
   """
   from experiments import train as train_lib  # pylint: disable=import-outside-toplevel
-  protocol = protocol or config.protocol
-  last_k = last_k or config.last_k
+  protocol = protocol or config.get("protocol", "last_k")
+  last_k = last_k or config.get("last_k", 1)
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol={protocol!r}; expected one of {list(PROTOCOLS)}.")
   if seeds < 1:
     raise ValueError(f"seeds={seeds}; expected an int >= 1.")
   specs = parse_methods(methods)
-  info, tasks = train_lib.validate(config)
-  for _, method, weighting in specs:  # every method against config.engine, before any run
+  multi = isinstance(config.get("tasks", None), (list, tuple))  # one dataset per task
+  if multi:
+    info, tasks, specs, sampler_of = mixture_specs(config, specs, samplers)
+  else:
+    info, tasks = train_lib.validate(config)
+  for _, method, weighting in ([] if multi else specs):  # every method vs config.engine
     c = copy.deepcopy(config)
     with c.unlocked():
       if method != config.method:
@@ -366,7 +422,7 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
         c.weighting_kwargs = ml_collections.ConfigDict()
       c.method, c.weighting = method, weighting
     train_lib.build_methods(c, len(tasks))
-  if protocol == "best_val" and not config.val_split:
+  if protocol == "best_val" and not config.get("val_split", ""):
     raise ValueError("protocol best_val needs config.val_split; got ''.")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -380,16 +436,19 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
   for s in seed_list:
     for t in tasks:
       d = os.path.join(workdir, "runs", f"stl_{t.name}")
-      results[("stl", t.name, s)] = run_one(config, d, seed=s, method="ls",
-                                             weighting="none", tasks=t.name)
+      results[("stl", t.name, s)] = run_one(
+          config, d, seed=s, method="ls", weighting="none",
+          **({"tasks": [config.tasks[tasks.index(t)]], "sampler": "uniform"} if multi
+             else {"tasks": t.name}))
       done += 1
       print(f"[{done}/{total}] single-task {t.name} seed {s} ({time.time() - t0:.0f} s)",
             flush=True)
     for label, method, weighting in specs:
       d = os.path.join(workdir, "runs", _dirname(label))
-      results[(label, s)] = run_one(config, d, seed=s, method=method,
-                                    weighting=weighting,
-                                    tasks=",".join(t.name for t in tasks))
+      results[(label, s)] = run_one(
+          config, d, seed=s, method=method, weighting=weighting,
+          **({"tasks": list(config.tasks), "sampler": sampler_of[label]} if multi
+             else {"tasks": ",".join(t.name for t in tasks)}))
       done += 1
       print(f"[{done}/{total}] {label} seed {s} ({time.time() - t0:.0f} s)", flush=True)
   labels = [l for l, _, _ in specs]
@@ -411,9 +470,11 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
-  workdir = flags.FLAGS.workdir or os.path.join("runs", "compare", config.dataset)
+  workdir = flags.FLAGS.workdir or os.path.join("runs", "compare",
+                                                config.get("dataset", "mixture"))
   out = compare(config, flags.FLAGS.methods, seeds=flags.FLAGS.seeds, workdir=workdir,
-                protocol=flags.FLAGS.protocol, last_k=flags.FLAGS.last_k)
+                protocol=flags.FLAGS.protocol, last_k=flags.FLAGS.last_k,
+                samplers=flags.FLAGS.samplers)
   with open(out["table"]) as f:
     print(f.read())
   print(f"table: {out['table']}\ncsv:   {out['csv']}")
@@ -432,4 +493,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", "", "Output directory (default runs/compare/<dataset>).")
   flags.DEFINE_string("protocol", "", f"One of {PROTOCOLS} (default config.protocol).")
   flags.DEFINE_integer("last_k", 0, "Evals averaged by last_k (default config.last_k).")
+  flags.DEFINE_list("samplers", [], "Multi-dataset configs: sampler names to sweep "
+                    "('all': every sampler; default config.sampler.name).")
   app.run(main)

@@ -115,3 +115,33 @@ def test_icl_benchmark_writes_table_and_figure(tmp_path):
   assert os.path.getsize(tmp_path / "icl" / "icl_curves.png") > 1000
   with open(tmp_path / "icl" / "icl_curves.json") as f:
     assert json.load(f) == result
+
+
+def test_compare_sweeps_samplers_with_single_task_baselines(tmp_path):
+  """experiments.compare on a multi-dataset config: each task alone on its own data
+  (the Δm baselines) and one run per sampler; every run logs per-task counts."""
+  from experiments import compare
+  c = _config(tmp_path, 2)
+  c.eval_every, c.checkpoint_every, c.log_every = 2, 2, 1
+  c.weighting = "none"
+  out = compare.compare(c, ["ls"], seeds=1, workdir=str(tmp_path / "cmp"),
+                        samplers=["uniform", "unmixed"], compilation_cache=False)
+  summary = out["summary"]
+  assert set(summary) >= {"single-task", "ls@uniform", "ls@unmixed"}
+  for label in ("ls@uniform", "ls@unmixed"):
+    assert np.isfinite(summary[label]["delta_m"])
+  runs = tmp_path / "cmp" / "runs"
+  for t in ("digit", "rotated", "value"):
+    (stl,) = os.listdir(runs / f"stl_{t}")
+    rows = [r for r in mtrain.read_jsonl(str(runs / f"stl_{t}" / stl / "metrics.jsonl"))
+            if r["split"] == "train"]
+    assert [r[f"count/{t}"] for r in rows] == [16, 16]     # the task alone, on its own data
+    assert all(set(k.split("/")[1] for k in r if "/" in k and not k.startswith("time"))
+               == {t} for r in rows)
+  (run,) = os.listdir(runs / compare._dirname("ls@unmixed"))
+  rows = [r for r in mtrain.read_jsonl(str(runs / compare._dirname("ls@unmixed") / run / "metrics.jsonl"))
+          if r["split"] == "train"]
+  for r in rows:  # unmixed, one slice: one task per step
+    counts = [r[f"count/{t}"] for t in ("digit", "rotated", "value")]
+    assert sorted(counts) == [0, 0, 16]
+  assert open(out["table"]).read().count("ls@un") >= 1
