@@ -23,7 +23,10 @@ CLASSES = ("linear_regression", "sparse_linear_regression", "noisy_linear_regres
            "relu2_nn", "decision_tree")
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """``arg='readme'`` (``--config configs/icl_function_classes.py:readme``): the
+  README's measured comparison, a few CPU minutes (d = 5, n = 11, 2000 steps of 64
+  prompts, the five ``readme_variants``)."""
   c = digits_mixture.get_config()
   dim, n_points = 8, 17
   c.tasks = [ml_collections.ConfigDict({
@@ -52,6 +55,16 @@ def get_config() -> ml_collections.ConfigDict:
   # --config.sampler.name=uniform | temperature | loss_proportional | bandit | staged.
   c.icl = ml_collections.ConfigDict({"eval_prompts": 256, "curriculum_dims": (),
                                      "variants": []})
+  if arg == "readme":
+    for t in c.tasks:
+      t.dim, t.n_points = 5, 11
+    c.num_steps, c.learning_rate = 2000, 1e-3
+    c.eval_every = c.checkpoint_every = 2000
+    c.eval_examples = 64
+    c.workdir = "runs/icl_readme"
+    c.icl.variants = readme_variants(c.num_steps, 5)
+  elif arg:
+    raise ValueError(f"config argument {arg!r}; expected none or 'readme'.")
   return c
 
 

@@ -109,8 +109,12 @@ def figure(result: dict, path: str) -> None:
     ax.set_ylim(0, 1.5 * max(top, 1e-3))
     ax.tick_params(labelsize=7)
   axes[0][0].set_ylabel("squared error / d", fontsize=8)
-  axes[0][-1].legend(fontsize=6)
-  fig.tight_layout()
+  handles = {}
+  for ax in axes[0]:  # one legend for every panel (lasso is only on the sparse class)
+    for h, lab in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(lab, h)
+  fig.tight_layout(rect=(0, 0, 0.9, 1))
+  fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center right")
   fig.savefig(path, dpi=80)
   plt.close(fig)
 
