@@ -122,3 +122,15 @@ def test_bad_task_mask():
                         engine="jacobian", task_mask=lambda b: jnp.ones(2, bool))
   with pytest.raises(ValueError, match=r"task_mask\(batch\)"):
     st.step(st.init(_params(), _batch(0, ALL)), _batch(0, ALL))
+
+
+def test_param_aware_task_axes():
+  params = {"conv": jnp.zeros((3, 3, 1, 4)), "bias": jnp.zeros(3)}
+  axes = TM.param_aware_task_axes(params, 3)
+  leaf = lambda *s: jnp.zeros(s)
+  assert axes(None, leaf(3)) == (0,)                      # [K]
+  assert axes(None, leaf(3, 3)) == (0, 1)                 # [K, K]
+  assert axes(None, leaf(2, 3, 3)) == (1, 2)              # per-leaf [L, K, K]
+  assert axes(None, leaf(3, 3, 1, 4)) == ()               # a moment of the conv kernel
+  assert axes(None, leaf(3, 3, 3, 1, 4)) == (0,)          # [K, *conv]: tracked task grads
+  assert axes(None, jnp.zeros(3, jnp.bool_)) == ()

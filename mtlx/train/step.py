@@ -514,7 +514,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     if mask_of is not None:  # absent tasks keep their method state; log their loss as 0
       info["task_mask"] = mask = mask_of(batch, losses.shape[0])
       loss_state, grad_state = task_mask_lib.keep_absent(
-          (loss_state, grad_state), (state.loss_state, state.grad_state), mask)
+          (loss_state, grad_state), (state.loss_state, state.grad_state), mask,
+          task_axes=task_mask_lib.param_aware_task_axes(p, losses.shape[0]))
       losses = jnp.where(mask, losses, jnp.zeros_like(losses))
     if sh is not None:
       grads = constrain(grads, sh.params)

@@ -218,6 +218,34 @@ def losses_seen_by_methods(losses: jax.Array, mask: jax.Array,
   return losses + jax.lax.stop_gradient(jnp.where(mask, 0, fill - losses).astype(losses.dtype))
 
 
+def param_aware_task_axes(params: Any, num_tasks: int) -> Callable:
+  """``task_axes`` for :func:`keep_absent` on method states next to ``params``.
+
+  A state leaf whose shape ends with the full shape of a parameter of at least two
+  dimensions holds a parameter-shaped tensor (a moment ``[*shape]``, tracked
+  per-task gradients ``[K, *shape]``): only its leading axes (before that
+  shape) can be task axes. Every other leaf: every axis of size K (``[K]``
+  vectors, ``[K, K]`` matrices, ``[L, K, K]`` per-leaf matrices). The default of
+  :func:`keep_absent` alone would also take a parameter's own axes of size K
+  (a 3×3 conv kernel with K = 3) for task axes.
+  """
+  k = int(num_tasks)
+  shapes = {tuple(x.shape) for x in jax.tree_util.tree_leaves(params)
+            if len(getattr(x, "shape", ())) >= 2}
+
+  def axes(path, leaf):
+    del path
+    if not jnp.issubdtype(leaf.dtype, jnp.number):
+      return ()
+    shape = tuple(leaf.shape)
+    lead = len(shape)
+    for ps in shapes:
+      if len(ps) <= len(shape) and shape[len(shape) - len(ps):] == ps:
+        lead = min(lead, len(shape) - len(ps))
+    return tuple(i for i in range(lead) if shape[i] == k)
+  return axes
+
+
 def with_filled_losses(fn: Callable, mask_fn: Callable, *, batch_arg: int = 1,
                        fill_loss: float = 1.0) -> Callable:
   """``fn(*args) -> losses [K]`` with absent tasks' losses read as ``fill_loss``
