@@ -103,6 +103,7 @@ def test_every_engine_matches_the_stacked_reference(engine):
     present = np.asarray(TM.task_presence(batch["task_id"], K)[1])
     np.testing.assert_array_equal(info["task_mask"], present)
     np.testing.assert_allclose(info["losses"], np.where(present, l_ref, 0), rtol=1e-6)
+    assert not np.any(np.asarray(info["weights"])[~present])
     dwa_old, dwa_new = before.loss_state[0], state.loss_state[0]
     for k in np.flatnonzero(~present):  # the absent task's method state is kept
       np.testing.assert_array_equal(dwa_new.prev[k], dwa_old.prev[k])

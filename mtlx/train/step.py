@@ -349,7 +349,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       methods then read an absent task's loss as 1 (its gradient stays zero), the
       absent tasks' entries of the loss-space and gradient-space states keep their
       old values (:func:`mtlx.train.task_mask.keep_absent`), ``info['losses']``
-      holds the masked losses (0 when absent) and ``info['task_mask']`` the mask.
+      holds the masked losses and ``info['weights']`` the weights (0 when absent:
+      they multiply zero rows) and ``info['task_mask']`` the mask.
       Min-norm methods (MGDA, …) see a zero row and return 0 on such a step
       (module :mod:`mtlx.train.task_mask`). ``None`` (default): every task is
       present, the step is exactly the unmasked one.
@@ -517,6 +518,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
           (loss_state, grad_state), (state.loss_state, state.grad_state), mask,
           task_axes=task_mask_lib.param_aware_task_axes(p, losses.shape[0]))
       losses = jnp.where(mask, losses, jnp.zeros_like(losses))
+      w = jnp.where(mask, w, jnp.zeros_like(w))  # they multiply zero rows
     if sh is not None:
       grads = constrain(grads, sh.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, p)

@@ -27,7 +27,14 @@ rows. Weightings that ignore a zero row (linear scalarization, UPGrad, PCGrad,
 GradVac, …) then act on the present tasks only; MGDA-like min-norm methods do
 not: the convex hull contains 0, so their direction collapses to 0 on such a step.
 Prefer samplers that keep every task present (large batches, no ``unmixed``) with
-those, or a per-step subset of tasks in the method itself.
+those, or a per-step subset of tasks in the method itself. Nash-MTL and FairGrad
+put a large weight on the zero row (their equation for it has no finite solution);
+it multiplies zero, and the present tasks' weights solve their own sub-system.
+
+In the one step builder: ``mtlx.train.make_step(..., task_mask="task_id")`` does
+all of this on every engine (:func:`presence_fn`, :func:`with_filled_losses`,
+:func:`keep_absent` with :func:`param_aware_task_axes`); the wrappers below serve
+hand-written loops.
 
 Task axes: by default every axis of size K of a floating or integer state leaf
 (``task_axes=None``); pass ``task_axes=fn(path, leaf) -> tuple of axes`` when a
