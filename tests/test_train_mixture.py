@@ -145,3 +145,15 @@ def test_compare_sweeps_samplers_with_single_task_baselines(tmp_path):
     counts = [r[f"count/{t}"] for t in ("digit", "rotated", "value")]
     assert sorted(counts) == [0, 0, 16]
   assert open(out["table"]).read().count("ls@un") >= 1
+
+
+def test_compare_sampler_sweep_all_eight_checked_up_front():
+  from experiments import compare
+  c = digits_mixture.get_config()
+  specs = compare.parse_methods(["ls", "famo"])
+  info, tasks, out, sampler_of = compare.mixture_specs(c, specs, ["all"])
+  assert [t.name for t in tasks] == ["digit", "rotated", "value"]
+  assert len(out) == 16 and set(sampler_of.values()) == set(SAMPLER_OVERRIDES)
+  assert ("famo@staged", "ls", "famo") in out
+  with pytest.raises(ValueError, match="sampler.name"):
+    compare.mixture_specs(c, specs, ["uniform", "bogus"])
