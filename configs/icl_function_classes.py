@@ -10,7 +10,8 @@ prompt; one causal model (``icl_gpt``: the library GPT, `mtlx.models.gpt`, read 
 at every x token, experiments/icl_model.py) with one head per class.
 ``config.icl.variants`` (empty: the config itself) trains several sampler / method
 variants and plots them against the baselines (`experiments.icl_function_classes`);
-``README_VARIANTS`` is the README's comparison. Sizes here are small so
+``readme_variants`` (``--config configs/icl_function_classes.py:readme``) is the
+README's measured comparison. Sizes here are small so
 a CPU run finishes in minutes; Garg et al. use d = 20, n = 41, a 12-layer GPT-2 and
 500k steps.
 """
@@ -52,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.workdir = "runs/icl_function_classes"
   # curriculum_dims (start, increment, interval): Garg et al.'s curriculum on the
   # dimension for every class, e.g. (2, 1, 200); () = none. Sampler comparisons:
-  # --config.sampler.name=uniform | temperature | loss_proportional | bandit | staged.
+  # --config.sampler.name=uniform | fixed | loss_proportional | bandit | staged | unmixed
+  # (proportional / temperature need dataset sizes: the function classes are endless).
   c.icl = ml_collections.ConfigDict({"eval_prompts": 256, "curriculum_dims": (),
                                      "variants": []})
   if arg == "readme":

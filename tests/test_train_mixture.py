@@ -101,7 +101,7 @@ def test_icl_benchmark_writes_table_and_figure(tmp_path):
   c.batch_size = 10
   c.eval_examples = 8
   c.icl.eval_prompts = 8
-  c.model_kwargs.width = 16
+  c.model_kwargs.dim = 16
   c.model_kwargs.depth = 1
   for t in c.tasks:
     t.dim, t.n_points = 4, 6
