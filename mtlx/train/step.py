@@ -57,6 +57,7 @@ from mtlx import autogram
 from mtlx import jacobian
 from mtlx import registry
 from mtlx import sharding as sharding_lib
+from mtlx import sharpness
 from mtlx.aggregators.gramian_weighting import CrossGramianWeighting
 from mtlx.aggregators.gramian_weighting import GramianWeighting
 from mtlx.loss_weighting.base import LossWeighting
@@ -127,12 +128,15 @@ def _name(tx) -> str:
 
 
 def engine_reasons(loss_tx, grad_tx, *, extra_batches: int = 0,
-                   representation: bool = True) -> dict[str, str | None]:
+                   representation: bool = True,
+                   flat_regions_rho: float = 0.0) -> dict[str, str | None]:
   """``{engine: None if it can serve the methods, else why not}``.
 
   Read from the transforms' types (:class:`mtlx.LossWeighting`,
   :class:`mtlx.GramianWeighting`): nothing is traced.
   """
+  if flat_regions_rho:
+    return _flat_regions_reasons(loss_tx, flat_regions_rho)
   losses = _loss_list(loss_tx)
   opaque = [_name(t) for t in losses if not isinstance(t, LossWeighting)]
   reads = [t.name for t in losses if isinstance(t, LossWeighting) and t.reads_grads]
@@ -168,6 +172,20 @@ def engine_reasons(loss_tx, grad_tx, *, extra_batches: int = 0,
   return {e: out.get(e) for e in ENGINES}
 
 
+def _flat_regions_reasons(loss_tx, rho: float) -> dict[str, str | None]:
+  """``flat_regions_rho > 0``: only ``jacobian`` takes the K perturbed task gradients
+  (a second Jacobian), and the loss-space part must be weightings of the losses (the
+  same weights scale both Jacobians)."""
+  why = (f"flat_regions_rho={rho} takes each task's gradient at its own perturbed "
+         "parameters θ + ρ g_k/‖g_k‖ (a second, per-task Jacobian)")
+  out = {e: why for e in ENGINES}
+  opaque = [_name(t) for t in _loss_list(loss_tx) if not isinstance(t, LossWeighting)]
+  out["jacobian"] = None if not opaque else (
+      f"flat_regions_rho={rho} scales both Jacobians by the loss-space weights, but "
+      f"{opaque} are not weightings of the losses")
+  return out
+
+
 def check_engine(engine: str, loss_tx, grad_tx, *, label: str | None = None,
                  **kwargs) -> None:
   """Raises ValueError if ``engine`` cannot serve the methods: why, and which engines can.
@@ -196,17 +214,19 @@ def gramian_coverage(loss_fn: Callable, params, example_batch) -> float:
 
 def choose_engine(loss_tx, grad_tx, *, loss_fn: Callable | None = None, params=None,
                   example_batch=None, extra_batches: int = 0, rep_grad: bool = False,
-                  representation: bool = True, label: str | None = None) -> str:
+                  representation: bool = True, label: str | None = None,
+                  flat_regions_rho: float = 0.0) -> str:
   """The cheapest engine that serves the methods (see the module docstring).
 
   ``gramian`` needs ``loss_fn``, ``params`` and ``example_batch`` to read the
   model's autogram plan; without them a Gramian method gets ``jacobian``.
   """
   reasons = engine_reasons(loss_tx, grad_tx, extra_batches=extra_batches,
-                           representation=representation)
+                           representation=representation, flat_regions_rho=flat_regions_rho)
   if rep_grad:
     check_engine("representation", loss_tx, grad_tx, extra_batches=extra_batches,
-                 representation=representation, label=label)
+                 representation=representation, label=label,
+                 flat_regions_rho=flat_regions_rho)
     return "representation"
   if reasons["one_backward"] is None:
     return "one_backward"
@@ -312,7 +332,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
               chunk_size: int | None = None, extra_batches: int = 0,
               mesh: Any = None, param_rule: str = "fsdp", shard_tasks: bool = True,
               min_size: int = 2 ** 10, donate: bool = False,
-              label: str | None = None) -> Step:
+              label: str | None = None, flat_regions_rho: float = 0.0) -> Step:
   """The jitted MTO train step ``(state, batch) -> (state, info)`` of any engine.
 
   Args:
@@ -340,6 +360,14 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     param_rule / shard_tasks / min_size: see :func:`mtlx.sharding.step_shardings`.
     donate: donate the state's buffers to the step.
     label: the methods' names for messages and the log (e.g. ``"dwa+upgrad"``).
+    flat_regions_rho: ρ ≥ 0 of task-based flat regions (Phan et al. 2022;
+      :func:`mtlx.flat_regions`). ``0``: off (the step is exactly today's). ``> 0``
+      (``jacobian`` engine only; ``'auto'`` picks it): every task's gradient is also
+      taken at ``θ + ρ g_k/‖g_k‖`` (:func:`mtlx.value_and_sharpness_jacobian`), both
+      Jacobians are scaled by the loss-space weights, and the update is
+      ``A(J) + A(J^SAM − J)`` with ``A`` the gradient-space method (two copies, each
+      with its own state). Cost: a second Jacobian (K more forward and K more
+      backward passes, K × P more memory) and the method twice.
 
   Raises:
     ValueError: before anything is built, for an engine that cannot serve the
@@ -348,14 +376,19 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
   """
   if extra_batches not in (0, 1, 2):
     raise ValueError(f"extra_batches={extra_batches}; expected 0, 1 or 2.")
+  validation.check_number(flat_regions_rho, "flat_regions_rho", low=0, method="make_step")
   loss_txs = _loss_list(loss_tx)
   kw = dict(extra_batches=extra_batches, representation=representation is not None)
+  if flat_regions_rho:
+    kw["flat_regions_rho"] = flat_regions_rho
   if engine == "auto":
     engine = choose_engine(loss_txs, grad_tx, loss_fn=loss_fn, params=params,
                            example_batch=example_batch, **kw)
     logging.info("engine='auto' chose %r for %s", engine,
                  label or "+".join([_name(t) for t in loss_txs] + [_name(grad_tx)]))
   check_engine(engine, loss_txs, grad_tx, label=label, **kw)
+  if flat_regions_rho:
+    grad_tx = sharpness.flat_regions(grad_tx)
   n_parts = 1 + extra_batches
   weighting = isinstance(grad_tx, GramianWeighting) and not isinstance(
       grad_tx, CrossGramianWeighting)
@@ -467,13 +500,20 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       exact = True
     elif engine == "jacobian":
       vjac = jacobian.value_and_jacobian(loss_fn, chunk_size=chunk_size)
-      losses, tg = vjac(p, batch)
+      if flat_regions_rho:
+        losses, tg, sharp = sharpness.value_and_sharpness_jacobian(
+            loss_fn, flat_regions_rho, chunk_size=chunk_size)(p, batch)
+      else:
+        losses, tg = vjac(p, batch)
       tg = constrain(tg, sh.task_grads) if sh is not None else tg
       extra = {}
       for i, other in enumerate(others):
         tg_i = vjac(p, other)[1]
         extra[f"task_grads_{i + 2}"] = tg_i if sh is None else constrain(tg_i, sh.task_grads)
       rows, v, loss_state = loss_space(state.loss_state, losses, tg)
+      if flat_regions_rho:  # the same loss-space weights scale the perturbed rows
+        sharp = constrain(sharp, sh.task_grads) if sh is not None else sharp
+        extra["task_grads_sharp"] = scale_rows(v, sharp)
       grads, u, grad_state = gradient_space(state.grad_state, rows, losses, p, extra)
       gram = jacobian.gramian(tg)
       exact = v is not None and u is not None
@@ -574,6 +614,30 @@ def grouped_methods(default_tx, method_groups: dict, params, num_tasks: int):
   return partition(transforms, lambda tree: jax.tree_util.tree_map_with_path(label, tree))
 
 
+def calibrated_methods(grad_tx, branches, params):
+  """``optax.chain(mtlx.calibrate_magnitudes(labels, branches), grad_tx)`` with the
+  branches given as param-path prefixes (``"encoder/branch_a,encoder/branch_b"``):
+  every task's gradient gets the same norm on each branch before ``grad_tx`` (FULLER's
+  modality level); leaves under no prefix pass through unchanged."""
+  from mtlx.aggregators.partition import calibrate_magnitudes  # noqa: PLC0415
+  prefixes = [b.strip().strip("/") for b in (
+      branches if isinstance(branches, (list, tuple)) else str(branches).split(","))
+      if b.strip()]
+  paths = [_leaf_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  unused = [b for b in prefixes if not any(q == b or q.startswith(b + "/") for q in paths)]
+  if len(prefixes) < 2 or unused:
+    raise ValueError(f"calibrate_branches={branches!r}: expected at least two prefixes of "
+                     f"the param paths (e.g. {paths[:4]}); "
+                     + (f"{unused} match no parameter." if unused else "got fewer than two."))
+
+  def label(path, _):
+    leaf = _leaf_path(path)
+    return next((b for b in prefixes if leaf == b or leaf.startswith(b + "/")), "")
+
+  labels = lambda tree: jax.tree_util.tree_map_with_path(label, tree)
+  return optax.chain(calibrate_magnitudes(labels, branches=prefixes), grad_tx)
+
+
 def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: str = "ls",
                  weighting: str = "none", optimizer: optax.GradientTransformation,
                  engine: str = "auto", rep_grad: bool = False,
@@ -581,7 +645,9 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  example_batch: Any = None, chunk_size: int | None = None,
                  path: str | None = None, extra_batches: int = 0, mesh: Any = None,
                  param_rule: str = "fsdp", shard_tasks: bool = True,
-                 min_size: int = 2 ** 10, method_groups: dict | None = None) -> Trainer:
+                 min_size: int = 2 ** 10, method_groups: dict | None = None,
+                 calibrate_branches: str | Sequence[str] = "",
+                 flat_regions_rho: float = 0.0) -> Trainer:
   """The jitted train step (:func:`make_step`) and eval function of a multi-task model.
 
   Args:
@@ -604,6 +670,12 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
       gradient-space method (registry defaults), the others ``method``
       (:func:`mtlx.partition`; Jacobian engine). E.g. ``{"upgrad": "encoder/fuse",
       "ls": "decoder"}`` (FULLER: calibrate at the last shared layer).
+    calibrate_branches: param-path prefixes of the model's branches
+      (``"encoder/branch_a,encoder/branch_b"``): each task's gradient is rescaled to
+      a common norm on every branch before the gradient-space method
+      (:func:`mtlx.calibrate_magnitudes`, FULLER's modality level; Jacobian engine).
+      ``""``: off.
+    flat_regions_rho: task-based flat regions' ρ (:func:`make_step`; 0: off).
 
   Raises:
     ValueError: for unknown names or keyword arguments, or an engine that cannot
@@ -623,6 +695,8 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                                weighting_kwargs=weighting_kwargs)
   if method_groups:
     grad_tx = grouped_methods(grad_tx, method_groups, params, k)
+  if calibrate_branches:
+    grad_tx = calibrated_methods(grad_tx, calibrate_branches, params)
 
   def loss_fn(p, batch):
     return losses_lib.task_losses(tasks, fns.apply(p, batch[input_key]), batch)
@@ -635,7 +709,8 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  engine=engine, params=params, example_batch=example_batch,
                  representation=rep, chunk_size=chunk_size, extra_batches=extra_batches,
                  mesh=mesh, param_rule=param_rule, shard_tasks=shard_tasks,
-                 min_size=min_size, label=f"weighting={weighting!r}, method={method!r}")
+                 min_size=min_size, label=f"weighting={weighting!r}, method={method!r}",
+                 flat_regions_rho=flat_regions_rho)
   if st.shardings is not None:
     st.shardings.check_num_tasks(k)
   replicate = (lambda t: t) if st.shardings is None else (

@@ -1,0 +1,156 @@
+"""The seed-paper methods in the trainer: flat regions in the step (ρ = 0 is today's step,
+ρ > 0 is a direct mtlx.flat_regions computation), FULLER's branch calibration from
+config, and the lookahead affinity logged by experiments/train.py."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mtlx
+from mtlx import train as T
+from mtlx.train.step import calibrated_methods
+from configs import multi_digits as md_config
+from experiments import train as train_exp
+
+K = 3
+
+
+def loss_fn(params, batch):
+  h = jnp.tanh(batch["x"] @ params["encoder"]["w"])
+  out = h @ params["decoder"]["w"]  # [B, K]
+  return jnp.mean((out - batch["y"]) ** 2, axis=0)
+
+
+def _problem(seed=0):
+  rng = np.random.default_rng(seed)
+  f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  return {"encoder": {"w": f(4, 5)}, "decoder": {"w": f(5, K)}}, {"x": f(8, 4), "y": f(8, K)}
+
+
+def _one_step(rho, grad_tx, loss_tx=None, engine="jacobian"):
+  params, batch = _problem()
+  st = T.make_step(loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optax.sgd(1.0),
+                   engine=engine, params=params, example_batch=batch,
+                   flat_regions_rho=rho)
+  state, info = st.step(st.init(params, batch), batch)
+  return st, params, batch, state, info
+
+
+@pytest.mark.parametrize("make", [mtlx.upgrad, mtlx.linear_scalarization])
+def test_flat_regions_in_the_step_equals_a_direct_computation(make):
+  rho = 0.05
+  st, params, batch, state, info = _one_step(rho, make())
+  assert st.engine == "jacobian"
+  losses, tg, sharp = mtlx.value_and_sharpness_jacobian(loss_fn, rho)(params, batch)
+  tx = mtlx.flat_regions(make())
+  d, _ = tx.update(tg, tx.init(params), params, task_grads_sharp=sharp, task_losses=losses)
+  want = jax.tree_util.tree_map(lambda p, g: p - g, params, d)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                         state.params, want)
+  assert not bool(info["weights_exact"])  # two aggregations: the weights are a fit
+
+
+def test_flat_regions_scales_both_jacobians_by_the_loss_weights():
+  rho, w = 0.05, jnp.asarray([0.5, 1.0, 2.0], jnp.float32)
+  from mtlx.loss_weighting.fixed_weights import fixed_weights  # noqa: PLC0415
+  _, params, batch, state, _ = _one_step(rho, mtlx.upgrad(), loss_tx=fixed_weights(w))
+  losses, tg, sharp = mtlx.value_and_sharpness_jacobian(loss_fn, rho)(params, batch)
+  scale = lambda t: jax.tree_util.tree_map(lambda g: g * w.reshape((K,) + (1,) * (g.ndim - 1)), t)
+  tx = mtlx.flat_regions(mtlx.upgrad())
+  d, _ = tx.update(scale(tg), tx.init(params), params, task_grads_sharp=scale(sharp),
+                   task_losses=losses)
+  want = jax.tree_util.tree_map(lambda p, g: p - g, params, d)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                         state.params, want)
+
+
+def test_rho_zero_is_todays_step_bit_for_bit():
+  _, _, _, s0, i0 = _one_step(0.0, mtlx.upgrad())
+  params, batch = _problem()
+  st = T.make_step(loss_fn, grad_tx=mtlx.upgrad(), optimizer=optax.sgd(1.0), engine="jacobian")
+  s1, i1 = st.step(st.init(params, batch), batch)
+  for a, b in zip(jax.tree_util.tree_leaves((s0, i0)), jax.tree_util.tree_leaves((s1, i1))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_engines_that_cannot_serve_flat_regions_are_refused():
+  params, batch = _problem()
+  for engine in ("one_backward", "gramian", "representation"):
+    with pytest.raises(ValueError, match=r"flat_regions_rho=0\.1.*'jacobian'"):
+      T.check_engine(engine, None, mtlx.upgrad(), flat_regions_rho=0.1)
+  with pytest.raises(ValueError, match="flat_regions_rho"):
+    T.make_step(loss_fn, grad_tx=mtlx.upgrad(), optimizer=optax.sgd(1.0), engine="gramian",
+                flat_regions_rho=0.1)
+  with pytest.raises(ValueError, match="flat_regions_rho=-1"):
+    T.make_step(loss_fn, grad_tx=mtlx.upgrad(), optimizer=optax.sgd(1.0), flat_regions_rho=-1)
+  # 'auto' takes the jacobian engine, also for LS (one_backward without ρ)
+  st = T.make_step(loss_fn, grad_tx=mtlx.linear_scalarization(), optimizer=optax.sgd(1.0),
+                   params=params, example_batch=batch, flat_regions_rho=0.1)
+  assert st.engine == "jacobian"
+
+
+def test_calibrated_methods_equalise_branch_norms():
+  params = {"encoder": {"branch_a": {"w": jnp.zeros((3, 2))}, "branch_b": {"w": jnp.zeros(4)},
+                        "fuse": {"w": jnp.zeros(2)}}, "decoder": {"w": jnp.zeros(2)}}
+  rng = np.random.default_rng(0)
+  tg = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=(K,) + p.shape)), params)
+  ident = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(),
+                                                lambda u, s, p=None, **kw: (u, s))
+  tx = calibrated_methods(ident, "encoder/branch_a,encoder/branch_b", params)
+  out, _ = tx.update(tg, tx.init(params), params)
+  na = np.linalg.norm(np.asarray(out["encoder"]["branch_a"]["w"]).reshape(K, -1), axis=1)
+  nb = np.linalg.norm(np.asarray(out["encoder"]["branch_b"]["w"]).reshape(K, -1), axis=1)
+  np.testing.assert_allclose(na, nb, rtol=1e-6)
+  np.testing.assert_array_equal(out["encoder"]["fuse"]["w"], tg["encoder"]["fuse"]["w"])
+  with pytest.raises(ValueError, match="encoder/nope"):
+    calibrated_methods(ident, "encoder/branch_a,encoder/nope", params)
+
+
+def _tiny_config(tmp_path, data_dir, **kw):
+  c = md_config.get_config()
+  c.update(dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=4, batch_size=16,
+                eval_batch_size=64, data_dir=str(data_dir), progress=False, tensorboard=False,
+                workdir=str(tmp_path / "run"), val_split=""))
+  c.builder_kwargs.update(dict(num_train=128, num_validation=32, num_test=64))
+  c.model_kwargs.update(dict(widths=(4, 8), hidden=8, head_hidden=8))
+  with c.unlocked():
+    c.update(kw)
+  return c
+
+
+def test_trainer_fuller_flat_regions_and_affinity(tmp_path_factory):
+  """One tiny run: two_branch + method_groups + calibrate_branches + flat regions, with
+  the affinity logged every 2 steps and its summary written at the end."""
+  tmp = tmp_path_factory.mktemp("seed")
+  config = _tiny_config(tmp, tmp / "data", model="two_branch", method="ls",
+                        method_groups={"upgrad": "encoder/fuse"},
+                        calibrate_branches="encoder/branch_a,encoder/branch_b",
+                        affinity_every=2, affinity_learning_rate=0.1)
+  config.flat_regions.rho = 0.05
+  config.engine = "jacobian"
+  train_exp.train_and_evaluate(config)
+  rows = T.read_jsonl(os.path.join(config.workdir, "metrics.jsonl"))
+  aff = [r for r in rows if r["split"] == "affinity"]
+  assert [r["step"] for r in aff] == [2, 4]
+  names = ["left", "right"]
+  mats = np.array([[[r[f"affinity/{a}/{b}"] for b in names] for a in names] for r in aff])
+  assert np.all(np.isfinite(mats))
+  summary = json.load(open(os.path.join(config.workdir, "affinity.json")))
+  np.testing.assert_allclose(summary["mean_affinity"], mats.mean(0), rtol=1e-12)
+  assert summary["num_measurements"] == 2 and summary["tasks"] == names
+  assert sorted(sum(summary["groups"], [])) == names
+  # config errors name the key
+  for key, value, pattern in (("affinity_every", -1, "config.affinity_every"),
+                              ("affinity_learning_rate", -0.5, "config.affinity_learning_rate")):
+    bad = _tiny_config(tmp, tmp / "data", **{key: value})
+    with pytest.raises(ValueError, match=pattern):
+      train_exp.validate(bad)
+  bad = _tiny_config(tmp, tmp / "data", engine="gramian", method="upgrad")
+  bad.flat_regions.rho = 0.1
+  with pytest.raises(ValueError, match="flat_regions_rho"):
+    train_exp.validate(bad)
