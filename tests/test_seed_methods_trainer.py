@@ -41,14 +41,15 @@ def _one_step(rho, grad_tx, loss_tx=None, engine="jacobian"):
   return st, params, batch, state, info
 
 
-@pytest.mark.parametrize("make", [mtlx.upgrad, mtlx.linear_scalarization])
+@pytest.mark.parametrize("make", [mtlx.aligned_mtl, mtlx.linear_scalarization])
 def test_flat_regions_in_the_step_equals_a_direct_computation(make):
   rho = 0.05
   st, params, batch, state, info = _one_step(rho, make())
   assert st.engine == "jacobian"
   losses, tg, sharp = mtlx.value_and_sharpness_jacobian(loss_fn, rho)(params, batch)
   tx = mtlx.flat_regions(make())
-  d, _ = tx.update(tg, tx.init(params), params, task_grads_sharp=sharp, task_losses=losses)
+  d, _ = jax.jit(lambda tg, sharp: tx.update(tg, tx.init(params), params, task_grads_sharp=sharp,
+                                             task_losses=losses))(tg, sharp)
   want = jax.tree_util.tree_map(lambda p, g: p - g, params, d)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
                          state.params, want)
@@ -58,21 +59,21 @@ def test_flat_regions_in_the_step_equals_a_direct_computation(make):
 def test_flat_regions_scales_both_jacobians_by_the_loss_weights():
   rho, w = 0.05, jnp.asarray([0.5, 1.0, 2.0], jnp.float32)
   from mtlx.loss_weighting.fixed_weights import fixed_weights  # noqa: PLC0415
-  _, params, batch, state, _ = _one_step(rho, mtlx.upgrad(), loss_tx=fixed_weights(w))
+  _, params, batch, state, _ = _one_step(rho, mtlx.aligned_mtl(), loss_tx=fixed_weights(w))
   losses, tg, sharp = mtlx.value_and_sharpness_jacobian(loss_fn, rho)(params, batch)
   scale = lambda t: jax.tree_util.tree_map(lambda g: g * w.reshape((K,) + (1,) * (g.ndim - 1)), t)
-  tx = mtlx.flat_regions(mtlx.upgrad())
-  d, _ = tx.update(scale(tg), tx.init(params), params, task_grads_sharp=scale(sharp),
-                   task_losses=losses)
+  tx = mtlx.flat_regions(mtlx.aligned_mtl())
+  d, _ = jax.jit(lambda a, b: tx.update(a, tx.init(params), params, task_grads_sharp=b,
+                                        task_losses=losses))(scale(tg), scale(sharp))
   want = jax.tree_util.tree_map(lambda p, g: p - g, params, d)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
                          state.params, want)
 
 
 def test_rho_zero_is_todays_step_bit_for_bit():
-  _, _, _, s0, i0 = _one_step(0.0, mtlx.upgrad())
+  _, _, _, s0, i0 = _one_step(0.0, mtlx.mgda())
   params, batch = _problem()
-  st = T.make_step(loss_fn, grad_tx=mtlx.upgrad(), optimizer=optax.sgd(1.0), engine="jacobian")
+  st = T.make_step(loss_fn, grad_tx=mtlx.mgda(), optimizer=optax.sgd(1.0), engine="jacobian")
   s1, i1 = st.step(st.init(params, batch), batch)
   for a, b in zip(jax.tree_util.tree_leaves((s0, i0)), jax.tree_util.tree_leaves((s1, i1))):
     np.testing.assert_array_equal(a, b)
@@ -123,16 +124,15 @@ def _tiny_config(tmp_path, data_dir, **kw):
   return c
 
 
-def test_trainer_fuller_flat_regions_and_affinity(tmp_path_factory):
-  """One tiny run: two_branch + method_groups + calibrate_branches + flat regions, with
-  the affinity logged every 2 steps and its summary written at the end."""
+def test_trainer_fuller_and_affinity(tmp_path_factory):
+  """One tiny run: two_branch + method_groups + calibrate_branches (FULLER), with the
+  affinity logged every 2 steps and its summary written at the end (config.flat_regions
+  reaches the step through build_trainer in test_compare_accepts_every_seed_method_line)."""
   tmp = tmp_path_factory.mktemp("seed")
   config = _tiny_config(tmp, tmp / "data", model="two_branch", method="ls",
-                        method_groups={"upgrad": "encoder/fuse"},
+                        method_groups={"aligned_mtl": "encoder/fuse"},
                         calibrate_branches="encoder/branch_a,encoder/branch_b",
                         affinity_every=2, affinity_learning_rate=0.1)
-  config.flat_regions.rho = 0.05
-  config.engine = "jacobian"
   train_exp.train_and_evaluate(config)
   rows = T.read_jsonl(os.path.join(config.workdir, "metrics.jsonl"))
   aff = [r for r in rows if r["split"] == "affinity"]
@@ -154,3 +154,29 @@ def test_trainer_fuller_flat_regions_and_affinity(tmp_path_factory):
   bad.flat_regions.rho = 0.1
   with pytest.raises(ValueError, match="flat_regions_rho"):
     train_exp.validate(bad)
+
+
+def test_compare_accepts_every_seed_method_line(tmp_path_factory):
+  """Every line of experiments/compare.SEED_LINES passes the compare tool's checks and
+  its step traces (jax.eval_shape: no compilation) on the two_branch model."""
+  from experiments import compare  # noqa: PLC0415
+  tmp = tmp_path_factory.mktemp("lines")
+  base = _tiny_config(tmp, tmp / "data", model="two_branch")
+  specs = compare.parse_methods(list(compare.SEED_LINES))
+  info, tasks = train_exp.validate(base)
+  batch = next(mtlx.data.make_iterator("multi_digits", "train", batch_size=8, seed=0,
+                                       data_dir=base.data_dir,
+                                       builder_kwargs=dict(base.builder_kwargs)))
+  for label, method, weighting in specs:
+    c = compare.seed_line_config(base, label, len(tasks))
+    assert (c.method, c.weighting) == (method, weighting)
+    train_exp.check_numbers(c)
+    train_exp.build_methods(c, len(tasks))
+    trainer, params = train_exp.build_trainer(c, info, tasks, train_exp.make_mesh(c),
+                                              example_batch=batch)
+    state = trainer.init(params, batch, 0)
+    _, out = jax.eval_shape(trainer.step, state, batch)
+    assert out["losses"].shape == (2,), label
+  line = compare.seed_line_config(base, "aligned_mtl_pref", 2)
+  assert list(line.method_kwargs.pref_vector) == [2.0, 1.0]
+  assert compare.seed_line_config(base, "ls_affinity", 2).affinity_every == base.log_every
