@@ -18,7 +18,9 @@ the constructors (an unknown key: ``ValueError`` naming it and the accepted ones
 ``config.flat_regions.rho`` > 0 adds task-based flat regions to any method
 (``mtlx.flat_regions``; jacobian engine; a second Jacobian per step);
 ``config.calibrate_branches`` (param-path prefixes) equalises each task's gradient
-norm across the model's branches first (``mtlx.calibrate_magnitudes``, FULLER).
+norm across the model's branches first (``mtlx.calibrate_magnitudes``, FULLER);
+``config.rep_mtl.{tsr,csa}_weight`` > 0 adds Rep-MTL's saliency penalties to linear
+scalarization (``mtlx.rep_mtl.rep_mtl_heads``; best on ``engine='representation'``).
 
 Writes to ``workdir``: ``config.json``; ``metrics.jsonl`` (``split="train"`` rows
 every ``log_every`` steps with ``loss/<task>``, ``weight/<task>`` (``weights_exact``
@@ -177,6 +179,25 @@ def build_methods(config, num_tasks: int):
   return loss_tx, grad_tx
 
 
+def rep_mtl_kwargs(config) -> dict | None:
+  """``config.rep_mtl`` (``{tsr_weight, csa_weight, temperature}``) when a weight is
+  > 0, else None; Rep-MTL is a regulariser of linear scalarization (``method='ls'``,
+  ``weighting='none'``: ValueError otherwise)."""
+  kw = config.get("rep_mtl") or {}
+  kw = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw)
+  check = mtlx.validation.check_number
+  check(kw.get("tsr_weight", 0.0), "config.rep_mtl.tsr_weight", low=0)
+  check(kw.get("csa_weight", 0.0), "config.rep_mtl.csa_weight", low=0)
+  check(kw.get("temperature", 0.1), "config.rep_mtl.temperature", low=0, low_open=True)
+  if not (kw.get("tsr_weight") or kw.get("csa_weight")):
+    return None
+  if (config.method, config.weighting) != ("ls", "none"):
+    raise ValueError(f"config.rep_mtl adds Rep-MTL's penalties to linear scalarization; got "
+                     f"config.method={config.method!r}, config.weighting="
+                     f"{config.weighting!r}; expected 'ls' and 'none'.")
+  return kw
+
+
 def flat_regions_rho(config) -> float:
   """``config.flat_regions.rho`` (0 when absent: off)."""
   fr = config.get("flat_regions") or {}
@@ -216,6 +237,7 @@ def check_numbers(config) -> None:
   check(config.chunk_size, "config.chunk_size", low=0, integer=True)
   check(config.seed, "config.seed", integer=True)
   check(flat_regions_rho(config), "config.flat_regions.rho", low=0)
+  rep_mtl_kwargs(config)
   check(config.get("affinity_every", 0) or 0, "config.affinity_every", low=0, integer=True)
   check(config.get("affinity_learning_rate", 0.0) or 0.0, "config.affinity_learning_rate",
         low=0)
@@ -475,7 +497,7 @@ def build_trainer(config, info, tasks, mesh, example_batch=None):
       min_size=int(_mesh_option(config, "min_size", 2 ** 10)),
       method_groups=config.get("method_groups") or None,
       calibrate_branches=config.get("calibrate_branches", "") or "",
-      flat_regions_rho=flat_regions_rho(config))
+      flat_regions_rho=flat_regions_rho(config), rep_mtl=rep_mtl_kwargs(config))
   return trainer, params
 
 

@@ -180,3 +180,30 @@ def test_compare_accepts_every_seed_method_line(tmp_path_factory):
   line = compare.seed_line_config(base, "aligned_mtl_pref", 2)
   assert list(line.method_kwargs.pref_vector) == [2.0, 1.0]
   assert compare.seed_line_config(base, "ls_affinity", 2).affinity_every == base.log_every
+
+
+def test_rep_mtl_on_the_representation_engine_is_the_objectives_gradient():
+  """LS of rep_mtl_heads' losses on the representation engine takes exactly the step
+  of jax.grad(rep_mtl_objective) (the penalties reach the encoder only through z)."""
+  from mtlx import rep_mtl  # noqa: PLC0415
+  params, batch = _problem(3)
+  encode = lambda enc, b: jnp.tanh(b["x"] @ enc["w"])
+  heads = lambda dec, z, b: jnp.mean((z @ dec["w"] - b["y"]) ** 2, axis=0)
+  kw = dict(tsr_weight=0.3, csa_weight=0.2, temperature=0.5)
+  reg = rep_mtl.rep_mtl_heads(heads, **kw)
+  st = T.make_step(lambda p, b: reg(p["decoder"], encode(p["encoder"], b), b),
+                   grad_tx=mtlx.linear_scalarization(), optimizer=optax.sgd(1.0),
+                   engine="representation", representation=T.Representation(encode, reg))
+  state, _ = st.step(st.init(params, batch), batch)
+  objective = rep_mtl.rep_mtl_objective(lambda enc, x: encode(enc, {"x": x}),
+                                        lambda dec, z, b: heads(dec, z, b), **kw)
+  g_enc, g_dec = jax.jit(jax.grad(lambda e, d: objective(e, d, batch["x"], batch)[0],
+                                  argnums=(0, 1)))(params["encoder"], params["decoder"])
+  want = {"encoder": jax.tree_util.tree_map(lambda p, g: p - g, params["encoder"], g_enc),
+          "decoder": jax.tree_util.tree_map(lambda p, g: p - g, params["decoder"], g_dec)}
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                         state.params, want)
+  c = md_config.get_config("method=upgrad")
+  c.rep_mtl.tsr_weight = 0.1
+  with pytest.raises(ValueError, match="config.rep_mtl.*'ls'"):
+    train_exp.rep_mtl_kwargs(c)

@@ -638,6 +638,21 @@ def calibrated_methods(grad_tx, branches, params):
   return optax.chain(calibrate_magnitudes(labels, branches=prefixes), grad_tx)
 
 
+def _rep_mtl_fns(rep_mtl: dict, method: str, weighting: str, heads_fn, encode):
+  """``(heads_fn, loss_fn)`` with Rep-MTL's penalties (:func:`mtlx.rep_mtl.rep_mtl_heads`)."""
+  from mtlx import rep_mtl as rep_mtl_lib  # noqa: PLC0415
+  if (method, weighting) != ("ls", "none"):
+    raise ValueError(f"rep_mtl adds its penalties to linear scalarization; got "
+                     f"method={method!r}, weighting={weighting!r}; expected 'ls' and 'none'.")
+  kw = dict(rep_mtl.to_dict() if hasattr(rep_mtl, "to_dict") else rep_mtl)
+  allowed = ("tsr_weight", "csa_weight", "temperature")
+  if set(kw) - set(allowed):
+    raise ValueError(f"rep_mtl has key(s) {sorted(set(kw) - set(allowed))}; expected some "
+                     f"of {list(allowed)}.")
+  heads = rep_mtl_lib.rep_mtl_heads(heads_fn, **kw)
+  return heads, lambda p, batch: heads(p["decoder"], encode(p["encoder"], batch), batch)
+
+
 def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: str = "ls",
                  weighting: str = "none", optimizer: optax.GradientTransformation,
                  engine: str = "auto", rep_grad: bool = False,
@@ -647,7 +662,7 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  param_rule: str = "fsdp", shard_tasks: bool = True,
                  min_size: int = 2 ** 10, method_groups: dict | None = None,
                  calibrate_branches: str | Sequence[str] = "",
-                 flat_regions_rho: float = 0.0) -> Trainer:
+                 flat_regions_rho: float = 0.0, rep_mtl: dict | None = None) -> Trainer:
   """The jitted train step (:func:`make_step`) and eval function of a multi-task model.
 
   Args:
@@ -676,6 +691,10 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
       (:func:`mtlx.calibrate_magnitudes`, FULLER's modality level; Jacobian engine).
       ``""``: off.
     flat_regions_rho: task-based flat regions' ρ (:func:`make_step`; 0: off).
+    rep_mtl: ``None`` (off) or ``{"tsr_weight", "csa_weight", "temperature"}``:
+      Rep-MTL's saliency penalties on top of linear scalarization
+      (:func:`mtlx.rep_mtl.rep_mtl_heads`; ``method='ls'``, ``weighting='none'``
+      only); the logged train losses then include the penalties' share.
 
   Raises:
     ValueError: for unknown names or keyword arguments, or an engine that cannot
@@ -703,6 +722,10 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
 
   def heads_fn(dec_params, z, batch):
     return losses_lib.task_losses(tasks, fns.decode(dec_params, z, batch[input_key]), batch)
+
+  if rep_mtl:
+    heads_fn, loss_fn = _rep_mtl_fns(rep_mtl, method, weighting, heads_fn,
+                                     lambda enc, batch: fns.encode(enc, batch[input_key]))
 
   rep = Representation(lambda enc, batch: fns.encode(enc, batch[input_key]), heads_fn)
   st = make_step(loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optimizer,
