@@ -89,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (split="affinity"), its mean and the task grouping to affinity.json (0: off);
   # lookahead step size (0: learning_rate). Cost: one Jacobian + K forwards per log.
   c.affinity_every = 0
+  # MFTCoder's token-level focal loss for classification tasks (mtlx.task_losses; 0: off).
+  c.focal_gamma = 0.0
   # Rep-MTL (mtlx.rep_mtl): saliency penalties on top of method=ls (a weight > 0: on).
   c.rep_mtl = ml_collections.ConfigDict({"tsr_weight": 0.0, "csa_weight": 0.0,
                                          "temperature": 0.1})

@@ -8,7 +8,7 @@ task alone: the baselines of Δm) and one multi-task model per method spec (a
 gradient-space name, a loss-space name, or ``weighting+method``), all with the
 same config otherwise, through ``experiments.train.train_and_evaluate``. A spec may
 also name a seed-method line (``SEED_LINES``: ``fuller``, ``partition_upgrad_fuse``,
-``flat_regions+upgrad``, ``rep_mtl``, ``aligned_mtl_pref``, ``ls_affinity``): a method with the
+``flat_regions+upgrad``, ``rep_mtl``, ``focal``, ``aligned_mtl_pref``, ``ls_affinity``): a method with the
 config keys it needs. Every run
 lives in ``{workdir}/runs/<label>/seed<s>``; a finished run is reused and an
 interrupted one resumed when the compare is started again.
@@ -70,6 +70,8 @@ SEED_LINES = {
     # Rep-MTL's saliency penalties (TSR + CSA, 0.1 each) on LS, representation engine
     "rep_mtl": ("ls", {"rep_mtl.tsr_weight": 0.1, "rep_mtl.csa_weight": 0.1,
                        "engine": "representation"}),
+    # MFTCoder's token-level focal loss (γ = 2) under LS
+    "focal": ("ls", {"focal_gamma": 2.0}),
     # Aligned-MTL with pre-defined task weights (here: twice the weight on the first task)
     "aligned_mtl_pref": ("aligned_mtl", {"method_kwargs.pref_vector": "first_task_x2"}),
     # linear scalarization with TAG's lookahead affinity logged every log_every steps

@@ -20,7 +20,9 @@ the constructors (an unknown key: ``ValueError`` naming it and the accepted ones
 ``config.calibrate_branches`` (param-path prefixes) equalises each task's gradient
 norm across the model's branches first (``mtlx.calibrate_magnitudes``, FULLER);
 ``config.rep_mtl.{tsr,csa}_weight`` > 0 adds Rep-MTL's saliency penalties to linear
-scalarization (``mtlx.rep_mtl.rep_mtl_heads``; best on ``engine='representation'``).
+scalarization (``mtlx.rep_mtl.rep_mtl_heads``; best on ``engine='representation'``);
+``config.focal_gamma`` > 0 trains every classification task on MFTCoder's token-level
+focal loss (``mtlx.task_losses.focal_task_losses``).
 
 Writes to ``workdir``: ``config.json``; ``metrics.jsonl`` (``split="train"`` rows
 every ``log_every`` steps with ``loss/<task>``, ``weight/<task>`` (``weights_exact``
@@ -238,6 +240,7 @@ def check_numbers(config) -> None:
   check(config.seed, "config.seed", integer=True)
   check(flat_regions_rho(config), "config.flat_regions.rho", low=0)
   rep_mtl_kwargs(config)
+  check(config.get("focal_gamma", 0.0) or 0.0, "config.focal_gamma", low=0)
   check(config.get("affinity_every", 0) or 0, "config.affinity_every", low=0, integer=True)
   check(config.get("affinity_learning_rate", 0.0) or 0.0, "config.affinity_learning_rate",
         low=0)
@@ -497,7 +500,8 @@ def build_trainer(config, info, tasks, mesh, example_batch=None):
       min_size=int(_mesh_option(config, "min_size", 2 ** 10)),
       method_groups=config.get("method_groups") or None,
       calibrate_branches=config.get("calibrate_branches", "") or "",
-      flat_regions_rho=flat_regions_rho(config), rep_mtl=rep_mtl_kwargs(config))
+      flat_regions_rho=flat_regions_rho(config), rep_mtl=rep_mtl_kwargs(config),
+      focal_gamma=float(config.get("focal_gamma", 0.0) or 0.0))
   return trainer, params
 
 

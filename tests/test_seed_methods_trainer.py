@@ -177,6 +177,20 @@ def test_compare_accepts_every_seed_method_line(tmp_path_factory):
     state = trainer.init(params, batch, 0)
     _, out = jax.eval_shape(trainer.step, state, batch)
     assert out["losses"].shape == (2,), label
+    if label == "focal":  # MFTCoder's token-level focal loss, by hand in NumPy
+      fns, _ = mtlx.models.split(mtlx.models.get_model(
+          "two_branch", input_shape=info.input_shape, tasks=tasks, seed=c.seed,
+          **dict(c.model_kwargs)))
+      outs = fns.apply(params, batch[info.input_key])
+      want = []
+      for t in tasks:
+        z = np.asarray(outs[t.name], np.float64)
+        lab = np.asarray(batch[t.label_key]).reshape(-1).astype(int)
+        logp = z - np.log(np.sum(np.exp(z - z.max(1, keepdims=True)), 1, keepdims=True)) \
+            - z.max(1, keepdims=True)
+        ce = -logp[np.arange(len(lab)), lab]
+        want.append(np.mean((1 - np.exp(-ce)) ** 2.0 * ce))
+      np.testing.assert_allclose(trainer.loss_fn(params, batch), want, rtol=2e-5)
   line = compare.seed_line_config(base, "aligned_mtl_pref", 2)
   assert list(line.method_kwargs.pref_vector) == [2.0, 1.0]
   assert compare.seed_line_config(base, "ls_affinity", 2).affinity_every == base.log_every

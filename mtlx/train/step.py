@@ -653,6 +653,26 @@ def _rep_mtl_fns(rep_mtl: dict, method: str, weighting: str, heads_fn, encode):
   return heads, lambda p, batch: heads(p["decoder"], encode(p["encoder"], batch), batch)
 
 
+def _focal_fns(tasks, fns, input_key: str, gamma: float):
+  """``(loss_fn, heads_fn)`` with every task's loss MFTCoder's token-level focal loss."""
+  from mtlx import task_losses as task_losses_lib  # noqa: PLC0415
+  validation.check_number(gamma, "focal_gamma", low=0, method="make_trainer")
+  bad = [t.name for t in tasks if t.kind != "classification"]
+  if bad:
+    raise ValueError(f"focal_gamma={gamma} applies to classification tasks; tasks {bad} "
+                     "are not; expected focal_gamma=0 for them.")
+
+  def losses_of(outputs, batch):
+    ell = [optax.softmax_cross_entropy_with_integer_labels(
+        outputs[t.name], batch[t.label_key].reshape(-1).astype(jnp.int32)) for t in tasks]
+    ids = jnp.concatenate([jnp.full(e.shape, k, jnp.int32) for k, e in enumerate(ell)])
+    return task_losses_lib.focal_task_losses(jnp.concatenate(ell), ids, num_tasks=len(tasks),
+                                             gamma=gamma, level="token")[0]
+
+  return (lambda p, batch: losses_of(fns.apply(p, batch[input_key]), batch),
+          lambda dec, z, batch: losses_of(fns.decode(dec, z, batch[input_key]), batch))
+
+
 def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: str = "ls",
                  weighting: str = "none", optimizer: optax.GradientTransformation,
                  engine: str = "auto", rep_grad: bool = False,
@@ -662,7 +682,8 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  param_rule: str = "fsdp", shard_tasks: bool = True,
                  min_size: int = 2 ** 10, method_groups: dict | None = None,
                  calibrate_branches: str | Sequence[str] = "",
-                 flat_regions_rho: float = 0.0, rep_mtl: dict | None = None) -> Trainer:
+                 flat_regions_rho: float = 0.0, rep_mtl: dict | None = None,
+                 focal_gamma: float = 0.0) -> Trainer:
   """The jitted train step (:func:`make_step`) and eval function of a multi-task model.
 
   Args:
@@ -695,6 +716,9 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
       Rep-MTL's saliency penalties on top of linear scalarization
       (:func:`mtlx.rep_mtl.rep_mtl_heads`; ``method='ls'``, ``weighting='none'``
       only); the logged train losses then include the penalties' share.
+    focal_gamma: γ > 0: the training loss of each (classification) task is
+      MFTCoder's token-level focal loss ``mean_i (1 - e^{-ℓ_i})^γ ℓ_i``
+      (:func:`mtlx.task_losses.focal_task_losses`); 0: the plain mean.
 
   Raises:
     ValueError: for unknown names or keyword arguments, or an engine that cannot
@@ -723,6 +747,8 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
   def heads_fn(dec_params, z, batch):
     return losses_lib.task_losses(tasks, fns.decode(dec_params, z, batch[input_key]), batch)
 
+  if focal_gamma:
+    loss_fn, heads_fn = _focal_fns(tasks, fns, input_key, focal_gamma)
   if rep_mtl:
     heads_fn, loss_fn = _rep_mtl_fns(rep_mtl, method, weighting, heads_fn,
                                      lambda enc, batch: fns.encode(enc, batch[input_key]))
