@@ -164,7 +164,7 @@ def encoder_only(p):
           "decoder": jax.tree_util.tree_map(lambda _: False, p["decoder"])}
 
 
-md_affinity = jax.jit(mtlx.affinity.affinity_fn(md_loss, learning_rate=0.1, shared=encoder_only))
+md_affinity = jax.jit(mtlx.affinity.affinity_fn(md_loss, learning_rate=0.01, shared=encoder_only))
 md_opt = optax.adam(3e-3)
 md_state = md_opt.init(md_params)
 
