@@ -59,7 +59,11 @@ def rep_mtl_penalties(rep_grads: PyTree, *, temperature: float = 0.1,
   p = a / (jnp.sum(a, axis=0, keepdims=True) + eps)
   entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=0)
   tsr = jnp.mean(entropy) / jnp.log(k)
-  u = s / (jnp.linalg.norm(s, axis=-1, keepdims=True) + eps)
+  # ‖s‖ with a finite gradient at s = 0 (a sample whose loss saturated has an exactly
+  # zero saliency; jnp.linalg.norm's gradient there is NaN): same value otherwise.
+  sq = jnp.sum(s * s, axis=-1, keepdims=True)
+  norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+  u = s / (norm + eps)
   logits = jnp.einsum("kbf,lcf->klbc", u, u) / temperature  # [K, K, B, B]
   nce = jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits, axis1=-2, axis2=-1)
   off = 1.0 - jnp.eye(k, dtype=s.dtype)

@@ -221,3 +221,13 @@ def test_rep_mtl_on_the_representation_engine_is_the_objectives_gradient():
   c.rep_mtl.tsr_weight = 0.1
   with pytest.raises(ValueError, match="config.rep_mtl.*'ls'"):
     train_exp.rep_mtl_kwargs(c)
+
+
+def test_rep_mtl_penalties_have_finite_gradients_at_a_zero_saliency():
+  """A saturated sample has an exactly zero saliency row; the CSA normalisation must not
+  turn it into a NaN gradient (it stopped a 1000-step multi_digits run at step ~950)."""
+  from mtlx import rep_mtl  # noqa: PLC0415
+  s = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 3)), jnp.float32)
+  s = s.at[:, 1].set(0.0)
+  g = jax.jit(jax.grad(lambda x: sum(rep_mtl.rep_mtl_penalties(x))))(s)
+  assert np.all(np.isfinite(np.asarray(g)))
