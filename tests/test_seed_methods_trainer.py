@@ -71,9 +71,10 @@ def test_flat_regions_scales_both_jacobians_by_the_loss_weights():
 
 
 def test_rho_zero_is_todays_step_bit_for_bit():
-  _, _, _, s0, i0 = _one_step(0.0, mtlx.mgda())
+  _, _, _, s0, i0 = _one_step(0.0, mtlx.linear_scalarization())
   params, batch = _problem()
-  st = T.make_step(loss_fn, grad_tx=mtlx.mgda(), optimizer=optax.sgd(1.0), engine="jacobian")
+  st = T.make_step(loss_fn, grad_tx=mtlx.linear_scalarization(), optimizer=optax.sgd(1.0),
+                   engine="jacobian")
   s1, i1 = st.step(st.init(params, batch), batch)
   for a, b in zip(jax.tree_util.tree_leaves((s0, i0)), jax.tree_util.tree_leaves((s1, i1))):
     np.testing.assert_array_equal(a, b)
