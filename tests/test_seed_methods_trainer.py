@@ -232,3 +232,22 @@ def test_rep_mtl_penalties_have_finite_gradients_at_a_zero_saliency():
   s = s.at[:, 1].set(0.0)
   g = jax.jit(jax.grad(lambda x: sum(rep_mtl.rep_mtl_penalties(x))))(s)
   assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_affinity_fn_moves_the_shared_part_only_first_order():
+  """Z_{i→j} ≈ η ⟨g_i, g_j⟩_enc / L_j for a small lookahead (only the encoder moves)."""
+  params, batch = _problem(4)
+  eta = 1e-3
+  shared = lambda p: {"encoder": {"w": True}, "decoder": {"w": False}}
+  z = jax.jit(mtlx.affinity.affinity_fn(loss_fn, learning_rate=eta, shared=shared))(params, batch)
+  losses, tg = mtlx.value_and_jacobian(loss_fn)(params, batch)
+  g = np.asarray(tg["encoder"]["w"], np.float64).reshape(K, -1)
+  want = eta * (g @ g.T) / np.asarray(losses, np.float64)[None, :]
+  np.testing.assert_allclose(z, want, rtol=0.05, atol=2e-5)
+  summary = mtlx.affinity.affinity_summary([np.asarray(z), np.full((K, K), np.nan)],
+                                           ["a", "b", "c"])
+  assert summary["num_measurements"] == 1 and summary["num_nonfinite"] == 1
+  np.testing.assert_allclose(summary["mean_affinity"], z, rtol=1e-6)
+  assert set(summary["groups_by_count"]) == {"2"}
+  with pytest.raises(ValueError, match="learning_rate"):
+    mtlx.affinity.affinity_fn(loss_fn, learning_rate=0.0)
