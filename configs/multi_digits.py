@@ -78,6 +78,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.weight_decay = 0.0
   c.momentum = 0.9           # sgd only
   c.grad_clip = 0.0          # global-norm clipping (0: off)
+  # --- Seed-paper methods (README "Methods from the seed papers").
+  # Task-based flat regions (mtlx.flat_regions): rho > 0 takes every task's gradient
+  # also at θ + ρ g_k/‖g_k‖ (a second Jacobian; jacobian engine); 0: off.
+  c.flat_regions = ml_collections.ConfigDict({"rho": 0.0})
+  # FULLER's modality level (mtlx.calibrate_magnitudes): param-path prefixes of the
+  # branches, e.g. 'encoder/branch_a,encoder/branch_b' with model=two_branch ('' off).
+  c.calibrate_branches = ""
+  # TAG lookahead affinity (mtlx.affinity) every N steps to metrics.jsonl
+  # (split="affinity"), its mean and the task grouping to affinity.json (0: off);
+  # lookahead step size (0: learning_rate). Cost: one Jacobian + K forwards per log.
+  c.affinity_every = 0
+  # MFTCoder's token-level focal loss for classification tasks (mtlx.task_losses; 0: off).
+  c.focal_gamma = 0.0
+  # Rep-MTL (mtlx.rep_mtl): saliency penalties on top of method=ls (a weight > 0: on).
+  c.rep_mtl = ml_collections.ConfigDict({"tsr_weight": 0.0, "csa_weight": 0.0,
+                                         "temperature": 0.1})
+  c.affinity_learning_rate = 0.0
   # --- Data (mtlx.data).
   c.dataset = "multi_digits"
   c.builder_kwargs = ml_collections.ConfigDict({"overlap": 4, "num_train": 10000})

@@ -6,7 +6,10 @@
 For every seed it trains one single-task model per task (``method=ls`` on that
 task alone: the baselines of Δm) and one multi-task model per method spec (a
 gradient-space name, a loss-space name, or ``weighting+method``), all with the
-same config otherwise, through ``experiments.train.train_and_evaluate``. Every run
+same config otherwise, through ``experiments.train.train_and_evaluate``. A spec may
+also name a seed-method line (``SEED_LINES``: ``fuller``, ``partition_upgrad_fuse``,
+``flat_regions+upgrad``, ``rep_mtl``, ``focal``, ``aligned_mtl_pref``, ``ls_affinity``): a method with the
+config keys it needs. Every run
 lives in ``{workdir}/runs/<label>/seed<s>``; a finished run is reused and an
 interrupted one resumed when the compare is started again.
 
@@ -58,6 +61,63 @@ DEFAULT_METHODS = ("ls", "mgda", "pcgrad", "cagrad", "nash_mtl", "famo", "upgrad
 
 PROTOCOLS = ("last_k", "best_val")
 
+# Named lines for the seed-paper methods (README "Methods from the seed papers"): a
+# method spec plus the config keys it sets; pass the name in --methods. ``fuller`` and
+# ``partition_upgrad_fuse`` need ``--config.model=two_branch`` (its params hold
+# encoder/branch_a, encoder/branch_b, encoder/fuse); set it for the whole compare so the
+# single-task baselines use the same model.
+SEED_LINES = {
+    # FULLER (two levels): branch magnitudes equalised per task, UPGrad at the last
+    # shared layer (the fusion), the sum elsewhere.
+    "fuller": ("ls", {"method_groups": {"upgrad": "encoder/fuse"},
+                      "calibrate_branches": "encoder/branch_a,encoder/branch_b",
+                      "engine": "jacobian"}),
+    # the same partition without the branch calibration
+    "partition_upgrad_fuse": ("ls", {"method_groups": {"upgrad": "encoder/fuse"},
+                                     "engine": "jacobian"}),
+    # task-based flat regions on UPGrad (a second Jacobian per step)
+    "flat_regions+upgrad": ("upgrad", {"flat_regions.rho": 0.05, "engine": "jacobian"}),
+    # Rep-MTL's saliency penalties (TSR + CSA, 0.1 each) on LS, representation engine
+    "rep_mtl": ("ls", {"rep_mtl.tsr_weight": 0.1, "rep_mtl.csa_weight": 0.1,
+                       "engine": "representation"}),
+    # MFTCoder's token-level focal loss (γ = 2) under LS
+    "focal": ("ls", {"focal_gamma": 2.0}),
+    # Aligned-MTL with pre-defined task weights (here: twice the weight on the first task)
+    "aligned_mtl_pref": ("aligned_mtl", {"method_kwargs.pref_vector": "first_task_x2"}),
+    # linear scalarization with TAG's lookahead affinity logged every log_every steps
+    # (split="affinity" rows; affinity.json in each run's workdir)
+    "ls_affinity": ("ls", {"affinity_every": "log_every"}),
+}
+
+
+def seed_line_config(config, label: str, num_tasks: int):
+  """``config`` with the keys of the seed-method line ``label`` set (a copy; other
+  labels: unchanged)."""
+  if label not in SEED_LINES:
+    return config
+  config = copy.deepcopy(config)
+  spec, keys = SEED_LINES[label]
+  method, weighting = registry.parse_method_spec(spec)
+  with config.unlocked():
+    if method != config.method:  # as run_one: the kwargs belong to the config's method
+      config.method_kwargs = ml_collections.ConfigDict()
+    if weighting != config.weighting:
+      config.weighting_kwargs = ml_collections.ConfigDict()
+    config.method, config.weighting = method, weighting
+    for key, value in keys.items():
+      if value == "log_every":
+        value = config.log_every
+      elif value == "first_task_x2":
+        value = [2.0] + [1.0] * (num_tasks - 1)
+      node, *rest = key.split(".")
+      if rest:
+        config[node][rest[0]] = value
+      elif isinstance(value, dict):
+        config[key] = ml_collections.ConfigDict(value)
+      else:
+        config[key] = value
+  return config
+
 
 def parse_methods(specs) -> list[tuple[str, str, str]]:
   """``[(label, method, weighting)]`` for every spec; unknown names fail here, up front,
@@ -67,7 +127,7 @@ def parse_methods(specs) -> list[tuple[str, str, str]]:
     spec = spec.strip()
     if not spec:
       continue
-    method, weighting = registry.parse_method_spec(spec)
+    method, weighting = registry.parse_method_spec(SEED_LINES.get(spec, (spec,))[0])
     if spec in seen:
       raise ValueError(f"--methods lists {spec!r} twice; expected distinct specs.")
     seen.add(spec)
@@ -413,7 +473,7 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
     info, tasks, specs, sampler_of = mixture_specs(config, specs, samplers)
   else:
     info, tasks = train_lib.validate(config)
-  for _, method, weighting in ([] if multi else specs):  # every method vs config.engine
+  for label, method, weighting in ([] if multi else specs):  # every method vs config.engine
     c = copy.deepcopy(config)
     with c.unlocked():
       if method != config.method:
@@ -421,6 +481,8 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
       if weighting != config.weighting:
         c.weighting_kwargs = ml_collections.ConfigDict()
       c.method, c.weighting = method, weighting
+    c = seed_line_config(c, label, len(tasks))
+    train_lib.check_numbers(c)
     train_lib.build_methods(c, len(tasks))
   if protocol == "best_val" and not config.get("val_split", ""):
     raise ValueError("protocol best_val needs config.val_split; got ''.")
@@ -446,7 +508,8 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
     for label, method, weighting in specs:
       d = os.path.join(workdir, "runs", _dirname(label))
       results[(label, s)] = run_one(
-          config, d, seed=s, method=method, weighting=weighting,
+          seed_line_config(config, label, len(tasks)), d, seed=s, method=method,
+          weighting=weighting,
           **({"tasks": list(config.tasks), "sampler": sampler_of[label]} if multi
              else {"tasks": ",".join(t.name for t in tasks)}))
       done += 1
@@ -488,7 +551,8 @@ if __name__ == "__main__":
                                   "Path to a config file (get_config()).")
   flags.DEFINE_list("methods", list(DEFAULT_METHODS),
                     "Method specs: gradient-space names, loss-space names, or "
-                    "'weighting+method'.")
+                    "'weighting+method', or a seed-method line: "
+                    f"{sorted(SEED_LINES)}.")
   flags.DEFINE_integer("seeds", 3, "Seeds per method (config.seed, +1, ...).")
   flags.DEFINE_string("workdir", "", "Output directory (default runs/compare/<dataset>).")
   flags.DEFINE_string("protocol", "", f"One of {PROTOCOLS} (default config.protocol).")

@@ -15,13 +15,26 @@ the task gradients: ``one_backward`` (loss-only weightings with LS), ``gramian``
 before anything is built, saying which can. ``config.method_kwargs``,
 ``config.weighting_kwargs`` and ``config.model_kwargs`` are ConfigDicts passed to
 the constructors (an unknown key: ``ValueError`` naming it and the accepted ones).
+``config.flat_regions.rho`` > 0 adds task-based flat regions to any method
+(``mtlx.flat_regions``; jacobian engine; a second Jacobian per step);
+``config.calibrate_branches`` (param-path prefixes) equalises each task's gradient
+norm across the model's branches first (``mtlx.calibrate_magnitudes``, FULLER);
+``config.rep_mtl.{tsr,csa}_weight`` > 0 adds Rep-MTL's saliency penalties to linear
+scalarization (``mtlx.rep_mtl.rep_mtl_heads``; best on ``engine='representation'``);
+``config.focal_gamma`` > 0 trains every classification task on MFTCoder's token-level
+focal loss (``mtlx.task_losses.focal_task_losses``).
 
 Writes to ``workdir``: ``config.json``; ``metrics.jsonl`` (``split="train"`` rows
 every ``log_every`` steps with ``loss/<task>``, ``weight/<task>`` (``weights_exact``
 1: the weights the methods used; 0: the least-squares fit of the update), ``grad_norm``,
 ``cos/<a>/<b>`` (every pair up to 16 tasks), ``cos_mean``, ``cos_min``,
 ``cos_frac_negative`` and ``time/step_s``; ``split="eval"`` (and ``"val"``) rows every
-``eval_every`` steps with ``loss/<task>`` and ``<metric>/<task>``); TensorBoard
+``eval_every`` steps with ``loss/<task>`` and ``<metric>/<task>``; with
+``config.affinity_every`` N > 0, ``split="affinity"`` rows every N steps with
+``affinity/<i>/<j>``, TAG's lookahead affinity of task i onto task j at the
+params before that step, on its batch (``mtlx.affinity.affinity_fn``: one Jacobian
+and K forward passes each time), and at the end ``affinity.json``, their mean and
+the task-grouping search on it); TensorBoard
 events under ``tb/`` (tensorboardX); orbax checkpoints under ``checkpoints/``
 every ``checkpoint_every`` steps and at the end. ``--config.resume=True``
 continues from the latest checkpoint and ends with exactly the params and
@@ -162,8 +175,35 @@ def build_methods(config, num_tasks: int):
   if name != "auto":
     mtrain.check_engine(name, loss_tx, grad_tx, extra_batches=config.extra_batches,
                         label=f"config.weighting={config.weighting!r}, "
-                              f"config.method={config.method!r}")
+                              f"config.method={config.method!r}",
+                        **({"flat_regions_rho": flat_regions_rho(config)}
+                           if flat_regions_rho(config) else {}))
   return loss_tx, grad_tx
+
+
+def rep_mtl_kwargs(config) -> dict | None:
+  """``config.rep_mtl`` (``{tsr_weight, csa_weight, temperature}``) when a weight is
+  > 0, else None; Rep-MTL is a regulariser of linear scalarization (``method='ls'``,
+  ``weighting='none'``: ValueError otherwise)."""
+  kw = config.get("rep_mtl") or {}
+  kw = kw.to_dict() if hasattr(kw, "to_dict") else dict(kw)
+  check = mtlx.validation.check_number
+  check(kw.get("tsr_weight", 0.0), "config.rep_mtl.tsr_weight", low=0)
+  check(kw.get("csa_weight", 0.0), "config.rep_mtl.csa_weight", low=0)
+  check(kw.get("temperature", 0.1), "config.rep_mtl.temperature", low=0, low_open=True)
+  if not (kw.get("tsr_weight") or kw.get("csa_weight")):
+    return None
+  if (config.method, config.weighting) != ("ls", "none"):
+    raise ValueError(f"config.rep_mtl adds Rep-MTL's penalties to linear scalarization; got "
+                     f"config.method={config.method!r}, config.weighting="
+                     f"{config.weighting!r}; expected 'ls' and 'none'.")
+  return kw
+
+
+def flat_regions_rho(config) -> float:
+  """``config.flat_regions.rho`` (0 when absent: off)."""
+  fr = config.get("flat_regions") or {}
+  return float(fr.get("rho", 0.0) or 0.0) if hasattr(fr, "get") else 0.0
 
 
 def resume_mode(config):
@@ -198,6 +238,12 @@ def check_numbers(config) -> None:
   check(config.extra_batches, "config.extra_batches", low=0, integer=True)
   check(config.chunk_size, "config.chunk_size", low=0, integer=True)
   check(config.seed, "config.seed", integer=True)
+  check(flat_regions_rho(config), "config.flat_regions.rho", low=0)
+  rep_mtl_kwargs(config)
+  check(config.get("focal_gamma", 0.0) or 0.0, "config.focal_gamma", low=0)
+  check(config.get("affinity_every", 0) or 0, "config.affinity_every", low=0, integer=True)
+  check(config.get("affinity_learning_rate", 0.0) or 0.0, "config.affinity_learning_rate",
+        low=0)
   for key, value in parse_kwargs(config.model_kwargs).items():
     values = value if isinstance(value, (list, tuple)) else [value]
     for v in values:
@@ -452,8 +498,47 @@ def build_trainer(config, info, tasks, mesh, example_batch=None):
       mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
       shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
       min_size=int(_mesh_option(config, "min_size", 2 ** 10)),
-      method_groups=config.get("method_groups") or None)
+      method_groups=config.get("method_groups") or None,
+      calibrate_branches=config.get("calibrate_branches", "") or "",
+      flat_regions_rho=flat_regions_rho(config), rep_mtl=rep_mtl_kwargs(config),
+      focal_gamma=float(config.get("focal_gamma", 0.0) or 0.0))
   return trainer, params
+
+
+def make_affinity(config, trainer, params):
+  """``None`` (``config.affinity_every`` 0), else the jitted ``(params, batch) -> Z``
+  of the lookahead affinity (:func:`mtlx.affinity.affinity_fn`): the shared encoder
+  moves by ``config.affinity_learning_rate`` (0: ``config.learning_rate``) along each
+  task's gradient. Cost on the steps it runs: one Jacobian (K backward passes) and K
+  forward passes."""
+  if not config.get("affinity_every", 0):
+    return None
+  lr = float(config.get("affinity_learning_rate", 0.0) or config.learning_rate)
+  shared = None
+  if isinstance(params, dict) and set(params) == {"encoder", "decoder"}:
+    shared = lambda p: {"encoder": jax.tree_util.tree_map(lambda _: True, p["encoder"]),
+                        "decoder": jax.tree_util.tree_map(lambda _: False, p["decoder"])}
+  return jax.jit(mtlx.affinity.affinity_fn(trainer.loss_fn, learning_rate=lr, shared=shared))
+
+
+def _affinity_row(z, names) -> dict:
+  z = np.asarray(jax.device_get(z), np.float64)
+  return {f"affinity/{a}/{b}": float(z[i, j]) for i, a in enumerate(names)
+          for j, b in enumerate(names)}
+
+
+def write_affinity_summary(workdir: str, names) -> str | None:
+  """``affinity.json``: the mean of the ``split="affinity"`` rows of metrics.jsonl and
+  the grouping search on it (:func:`mtlx.affinity.affinity_summary`)."""
+  rows = [r for r in mtrain.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if r["split"] == "affinity"]
+  if not rows:
+    return None
+  mats = [[[r[f"affinity/{a}/{b}"] for b in names] for a in names] for r in rows]
+  path = os.path.join(workdir, "affinity.json")
+  with open(path, "w") as f:
+    json.dump(mtlx.affinity.affinity_summary(mats, names), f, indent=1)
+  return path
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> dict:
@@ -565,8 +650,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
   t0, n0 = time.perf_counter(), start
   watch = NonFiniteWatch(config.get("max_nonfinite_steps", DEFAULT_MAX_NONFINITE_STEPS), names,
                          ckpt)
+  affinity = make_affinity(config, trainer, params)
   for step in range(start, config.num_steps):
-    state, step_info = trainer.step(state, trainer.shard_batch(next(train_iter)))
+    batch = trainer.shard_batch(next(train_iter))
+    if affinity is not None and (step + 1) % config.affinity_every == 0:
+      # at the params before update step+1, on its batch
+      writer.write(step + 1, "affinity", _affinity_row(affinity(state.params, batch), names))
+    state, step_info = trainer.step(state, batch)
     s = step + 1
     final = s == config.num_steps
     watch.observe(s, step_info["losses"])  # reads the previous step's losses
@@ -596,6 +686,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
   watch.flush()
   ckpt.close()
   writer.close()
+  if chief and config.get("affinity_every", 0):
+    write_affinity_summary(workdir, names)
   if not last_eval:  # resumed a finished run: report its last eval row
     rows = [r for r in mtrain.read_jsonl(writer.path) if r["split"] == "eval"]
     last_eval = {k: v for k, v in rows[-1].items() if k not in ("step", "split")} if rows else {}

@@ -137,3 +137,64 @@ def group_tasks(affinity: Any, num_groups: int | None = None, *,
       groups = [g for i, g in enumerate(groups) if i not in (a, b)] + [groups[a] + groups[b]]
   groups = sorted(sorted(g) for g in groups)
   return groups, _score(z, groups)
+
+
+def affinity_fn(loss_fn: Callable[..., jax.Array], *, learning_rate: float,
+                shared: Callable[[PyTree], PyTree] | None = None,
+                chunk_size: int | None = None) -> Callable[..., jax.Array]:
+  """``f(params, *args) -> Z [K, K]``: the per-task grads and the lookahead affinity.
+
+  :func:`mtlx.value_and_jacobian` of ``loss_fn`` at ``params`` on the batch ``args``,
+  the rows of the parameters ``shared(params)`` marks False zeroed (TAG moves the
+  shared parameters only; ``None``: move every parameter), then
+  :func:`lookahead_affinity`. Jittable; the trainer calls it every
+  ``config.affinity_every`` steps.
+
+  Cost: one Jacobian (1 forward + K backward passes, memory K × P) and K vmapped
+  lookahead forward passes: on the steps it runs, about a ``jacobian``-engine step
+  more.
+  """
+  from mtlx import jacobian  # pylint: disable=import-outside-toplevel
+  validation.check_number(learning_rate, "learning_rate", low=0, low_open=True,
+                          method="affinity_fn")
+  value_and_jac = jacobian.value_and_jacobian(loss_fn, chunk_size=chunk_size)
+
+  def f(params, *args):
+    losses, task_grads = value_and_jac(params, *args)
+    if shared is not None:
+      task_grads = jax.tree_util.tree_map(lambda g, keep: g if keep else jnp.zeros_like(g),
+                                          task_grads, shared(params))
+    return lookahead_affinity(loss_fn, params, task_grads, *args,
+                              learning_rate=learning_rate, losses=losses)
+
+  return f
+
+
+def affinity_summary(matrices: Sequence[Any], names: Sequence[str]) -> dict:
+  """The training average of logged affinity matrices and the grouping search on it.
+
+  Returns ``{"tasks", "num_measurements", "mean_affinity" [K][K] (row: source),
+  "groups" (best partition, any number of groups, by task name), "score",
+  "groups_by_count" {n: {"groups", "score"}} for n = 2 .. K-1}``; the
+  matrices with a non-finite entry are left out of the average (counted in
+  ``"num_nonfinite"``).
+  """
+  k = len(names)
+  finite = [np.asarray(m, np.float64) for m in matrices
+            if np.all(np.isfinite(np.asarray(m, np.float64)))]
+  out = {"tasks": list(names), "num_measurements": len(finite),
+         "num_nonfinite": len(matrices) - len(finite)}
+  if not finite:
+    return out
+  z = np.mean(finite, axis=0)
+  if z.shape != (k, k):
+    raise ValueError(f"affinity matrices have shape {z.shape}; expected ({k}, {k}) for "
+                     f"tasks {list(names)}.")
+  named = lambda groups: [[names[i] for i in g] for g in groups]
+  groups, score = group_tasks(z)
+  out.update(mean_affinity=z.tolist(), groups=named(groups), score=score,
+             groups_by_count={})
+  for n in range(2, k):
+    g, s = group_tasks(z, num_groups=n)
+    out["groups_by_count"][str(n)] = {"groups": named(g), "score": s}
+  return out

@@ -59,7 +59,11 @@ def rep_mtl_penalties(rep_grads: PyTree, *, temperature: float = 0.1,
   p = a / (jnp.sum(a, axis=0, keepdims=True) + eps)
   entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=0)
   tsr = jnp.mean(entropy) / jnp.log(k)
-  u = s / (jnp.linalg.norm(s, axis=-1, keepdims=True) + eps)
+  # ‖s‖ with a finite gradient at s = 0 (a sample whose loss saturated has an exactly
+  # zero saliency; jnp.linalg.norm's gradient there is NaN): same value otherwise.
+  sq = jnp.sum(s * s, axis=-1, keepdims=True)
+  norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+  u = s / (norm + eps)
   logits = jnp.einsum("kbf,lcf->klbc", u, u) / temperature  # [K, K, B, B]
   nce = jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits, axis1=-2, axis2=-1)
   off = 1.0 - jnp.eye(k, dtype=s.dtype)
@@ -94,3 +98,30 @@ def rep_mtl_objective(encoder_fn: Callable[..., PyTree], heads_fn: Callable[...,
     return total, {"losses": losses, "tsr": tsr, "csa": csa}
 
   return objective
+
+
+def rep_mtl_heads(heads_fn: Callable[..., jax.Array], *, tsr_weight: float = 0.1,
+                  csa_weight: float = 0.1, temperature: float = 0.1) -> Callable[..., jax.Array]:
+  """``heads_fn`` with Rep-MTL's penalties spread over the K losses (for the trainer).
+
+  ``f(head_params, z, *args) = L(z) + (λ_TSR R_TSR + λ_CSA R_CSA) / K`` with the
+  saliencies ``∂L_k/∂z`` taken inside (differentiably), so ``Σ_k f_k`` is
+  :func:`rep_mtl_objective`'s objective and linear scalarization of ``f`` is
+  Rep-MTL's update on every engine; on the ``representation`` engine the encoder
+  gets ``(∂z/∂θ)ᵀ ∂(Σ_k f_k)/∂z``, exactly the objective's encoder gradient (the
+  penalties reach the encoder only through ``z``). The losses it returns (and the
+  trainer logs) include the penalty share; the eval losses do not.
+
+  Cost: K VJPs through the heads in every forward and their differentiation.
+  """
+  validation.check_number(tsr_weight, "tsr_weight", low=0, method="rep_mtl_heads")
+  validation.check_number(csa_weight, "csa_weight", low=0, method="rep_mtl_heads")
+
+  def heads(head_params, z, *args):
+    losses, vjp_fn = jax.vjp(lambda zz: heads_fn(head_params, zz, *args), z)
+    k = losses.shape[0]
+    saliency = jax.vmap(lambda e: vjp_fn(e)[0])(jnp.eye(k, dtype=losses.dtype))
+    tsr, csa = rep_mtl_penalties(saliency, temperature=temperature)
+    return losses + (tsr_weight * tsr + csa_weight * csa) / k
+
+  return heads

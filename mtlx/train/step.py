@@ -57,6 +57,7 @@ from mtlx import autogram
 from mtlx import jacobian
 from mtlx import registry
 from mtlx import sharding as sharding_lib
+from mtlx import sharpness
 from mtlx.aggregators.gramian_weighting import CrossGramianWeighting
 from mtlx.aggregators.gramian_weighting import GramianWeighting
 from mtlx.loss_weighting.base import LossWeighting
@@ -128,12 +129,15 @@ def _name(tx) -> str:
 
 
 def engine_reasons(loss_tx, grad_tx, *, extra_batches: int = 0,
-                   representation: bool = True) -> dict[str, str | None]:
+                   representation: bool = True,
+                   flat_regions_rho: float = 0.0) -> dict[str, str | None]:
   """``{engine: None if it can serve the methods, else why not}``.
 
   Read from the transforms' types (:class:`mtlx.LossWeighting`,
   :class:`mtlx.GramianWeighting`): nothing is traced.
   """
+  if flat_regions_rho:
+    return _flat_regions_reasons(loss_tx, flat_regions_rho)
   losses = _loss_list(loss_tx)
   opaque = [_name(t) for t in losses if not isinstance(t, LossWeighting)]
   reads = [t.name for t in losses if isinstance(t, LossWeighting) and t.reads_grads]
@@ -169,6 +173,20 @@ def engine_reasons(loss_tx, grad_tx, *, extra_batches: int = 0,
   return {e: out.get(e) for e in ENGINES}
 
 
+def _flat_regions_reasons(loss_tx, rho: float) -> dict[str, str | None]:
+  """``flat_regions_rho > 0``: only ``jacobian`` takes the K perturbed task gradients
+  (a second Jacobian), and the loss-space part must be weightings of the losses (the
+  same weights scale both Jacobians)."""
+  why = (f"flat_regions_rho={rho} takes each task's gradient at its own perturbed "
+         "parameters θ + ρ g_k/‖g_k‖ (a second, per-task Jacobian)")
+  out = {e: why for e in ENGINES}
+  opaque = [_name(t) for t in _loss_list(loss_tx) if not isinstance(t, LossWeighting)]
+  out["jacobian"] = None if not opaque else (
+      f"flat_regions_rho={rho} scales both Jacobians by the loss-space weights, but "
+      f"{opaque} are not weightings of the losses")
+  return out
+
+
 def check_engine(engine: str, loss_tx, grad_tx, *, label: str | None = None,
                  **kwargs) -> None:
   """Raises ValueError if ``engine`` cannot serve the methods: why, and which engines can.
@@ -197,17 +215,19 @@ def gramian_coverage(loss_fn: Callable, params, example_batch) -> float:
 
 def choose_engine(loss_tx, grad_tx, *, loss_fn: Callable | None = None, params=None,
                   example_batch=None, extra_batches: int = 0, rep_grad: bool = False,
-                  representation: bool = True, label: str | None = None) -> str:
+                  representation: bool = True, label: str | None = None,
+                  flat_regions_rho: float = 0.0) -> str:
   """The cheapest engine that serves the methods (see the module docstring).
 
   ``gramian`` needs ``loss_fn``, ``params`` and ``example_batch`` to read the
   model's autogram plan; without them a Gramian method gets ``jacobian``.
   """
   reasons = engine_reasons(loss_tx, grad_tx, extra_batches=extra_batches,
-                           representation=representation)
+                           representation=representation, flat_regions_rho=flat_regions_rho)
   if rep_grad:
     check_engine("representation", loss_tx, grad_tx, extra_batches=extra_batches,
-                 representation=representation, label=label)
+                 representation=representation, label=label,
+                 flat_regions_rho=flat_regions_rho)
     return "representation"
   if reasons["one_backward"] is None:
     return "one_backward"
@@ -313,7 +333,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
               chunk_size: int | None = None, extra_batches: int = 0,
               mesh: Any = None, param_rule: str = "fsdp", shard_tasks: bool = True,
               min_size: int = 2 ** 10, donate: bool = False,
-              label: str | None = None, task_mask: Any = None) -> Step:
+              label: str | None = None, task_mask: Any = None,
+              flat_regions_rho: float = 0.0) -> Step:
   """The jitted MTO train step ``(state, batch) -> (state, info)`` of any engine.
 
   Args:
@@ -354,6 +375,14 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       Min-norm methods (MGDA, …) see a zero row and return 0 on such a step
       (module :mod:`mtlx.train.task_mask`). ``None`` (default): every task is
       present, the step is exactly the unmasked one.
+    flat_regions_rho: ρ ≥ 0 of task-based flat regions (Phan et al. 2022;
+      :func:`mtlx.flat_regions`). ``0``: off (the step is exactly today's). ``> 0``
+      (``jacobian`` engine only; ``'auto'`` picks it): every task's gradient is also
+      taken at ``θ + ρ g_k/‖g_k‖`` (:func:`mtlx.value_and_sharpness_jacobian`), both
+      Jacobians are scaled by the loss-space weights, and the update is
+      ``A(J) + A(J^SAM − J)`` with ``A`` the gradient-space method (two copies, each
+      with its own state). Cost: a second Jacobian (K more forward and K more
+      backward passes, K × P more memory) and the method twice.
 
   Raises:
     ValueError: before anything is built, for an engine that cannot serve the
@@ -362,6 +391,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
   """
   if extra_batches not in (0, 1, 2):
     raise ValueError(f"extra_batches={extra_batches}; expected 0, 1 or 2.")
+  validation.check_number(flat_regions_rho, "flat_regions_rho", low=0, method="make_step")
   loss_txs = _loss_list(loss_tx)
   mask_of = None if task_mask is None else task_mask_lib.presence_fn(task_mask)
   if mask_of is not None:  # the methods read absent tasks' losses as 1 (grads unchanged)
@@ -370,12 +400,16 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       representation = representation._replace(heads=task_mask_lib.with_filled_losses(
           representation.heads, mask_of, batch_arg=2))
   kw = dict(extra_batches=extra_batches, representation=representation is not None)
+  if flat_regions_rho:
+    kw["flat_regions_rho"] = flat_regions_rho
   if engine == "auto":
     engine = choose_engine(loss_txs, grad_tx, loss_fn=loss_fn, params=params,
                            example_batch=example_batch, **kw)
     logging.info("engine='auto' chose %r for %s", engine,
                  label or "+".join([_name(t) for t in loss_txs] + [_name(grad_tx)]))
   check_engine(engine, loss_txs, grad_tx, label=label, **kw)
+  if flat_regions_rho:
+    grad_tx = sharpness.flat_regions(grad_tx)
   n_parts = 1 + extra_batches
   weighting = isinstance(grad_tx, GramianWeighting) and not isinstance(
       grad_tx, CrossGramianWeighting)
@@ -487,13 +521,20 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       exact = True
     elif engine == "jacobian":
       vjac = jacobian.value_and_jacobian(loss_fn, chunk_size=chunk_size)
-      losses, tg = vjac(p, batch)
+      if flat_regions_rho:
+        losses, tg, sharp = sharpness.value_and_sharpness_jacobian(
+            loss_fn, flat_regions_rho, chunk_size=chunk_size)(p, batch)
+      else:
+        losses, tg = vjac(p, batch)
       tg = constrain(tg, sh.task_grads) if sh is not None else tg
       extra = {}
       for i, other in enumerate(others):
         tg_i = vjac(p, other)[1]
         extra[f"task_grads_{i + 2}"] = tg_i if sh is None else constrain(tg_i, sh.task_grads)
       rows, v, loss_state = loss_space(state.loss_state, losses, tg)
+      if flat_regions_rho:  # the same loss-space weights scale the perturbed rows
+        sharp = constrain(sharp, sh.task_grads) if sh is not None else sharp
+        extra["task_grads_sharp"] = scale_rows(v, sharp)
       grads, u, grad_state = gradient_space(state.grad_state, rows, losses, p, extra)
       gram = jacobian.gramian(tg)
       exact = v is not None and u is not None
@@ -601,6 +642,65 @@ def grouped_methods(default_tx, method_groups: dict, params, num_tasks: int):
   return partition(transforms, lambda tree: jax.tree_util.tree_map_with_path(label, tree))
 
 
+def calibrated_methods(grad_tx, branches, params):
+  """``optax.chain(mtlx.calibrate_magnitudes(labels, branches), grad_tx)`` with the
+  branches given as param-path prefixes (``"encoder/branch_a,encoder/branch_b"``):
+  every task's gradient gets the same norm on each branch before ``grad_tx`` (FULLER's
+  modality level); leaves under no prefix pass through unchanged."""
+  from mtlx.aggregators.partition import calibrate_magnitudes  # noqa: PLC0415
+  prefixes = [b.strip().strip("/") for b in (
+      branches if isinstance(branches, (list, tuple)) else str(branches).split(","))
+      if b.strip()]
+  paths = [_leaf_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  unused = [b for b in prefixes if not any(q == b or q.startswith(b + "/") for q in paths)]
+  if len(prefixes) < 2 or unused:
+    raise ValueError(f"calibrate_branches={branches!r}: expected at least two prefixes of "
+                     f"the param paths (e.g. {paths[:4]}); "
+                     + (f"{unused} match no parameter." if unused else "got fewer than two."))
+
+  def label(path, _):
+    leaf = _leaf_path(path)
+    return next((b for b in prefixes if leaf == b or leaf.startswith(b + "/")), "")
+
+  labels = lambda tree: jax.tree_util.tree_map_with_path(label, tree)
+  return optax.chain(calibrate_magnitudes(labels, branches=prefixes), grad_tx)
+
+
+def _rep_mtl_fns(rep_mtl: dict, method: str, weighting: str, heads_fn, encode):
+  """``(heads_fn, loss_fn)`` with Rep-MTL's penalties (:func:`mtlx.rep_mtl.rep_mtl_heads`)."""
+  from mtlx import rep_mtl as rep_mtl_lib  # noqa: PLC0415
+  if (method, weighting) != ("ls", "none"):
+    raise ValueError(f"rep_mtl adds its penalties to linear scalarization; got "
+                     f"method={method!r}, weighting={weighting!r}; expected 'ls' and 'none'.")
+  kw = dict(rep_mtl.to_dict() if hasattr(rep_mtl, "to_dict") else rep_mtl)
+  allowed = ("tsr_weight", "csa_weight", "temperature")
+  if set(kw) - set(allowed):
+    raise ValueError(f"rep_mtl has key(s) {sorted(set(kw) - set(allowed))}; expected some "
+                     f"of {list(allowed)}.")
+  heads = rep_mtl_lib.rep_mtl_heads(heads_fn, **kw)
+  return heads, lambda p, batch: heads(p["decoder"], encode(p["encoder"], batch), batch)
+
+
+def _focal_fns(tasks, fns, input_key: str, gamma: float):
+  """``(loss_fn, heads_fn)`` with every task's loss MFTCoder's token-level focal loss."""
+  from mtlx import task_losses as task_losses_lib  # noqa: PLC0415
+  validation.check_number(gamma, "focal_gamma", low=0, method="make_trainer")
+  bad = [t.name for t in tasks if t.kind != "classification"]
+  if bad:
+    raise ValueError(f"focal_gamma={gamma} applies to classification tasks; tasks {bad} "
+                     "are not; expected focal_gamma=0 for them.")
+
+  def losses_of(outputs, batch):
+    ell = [optax.softmax_cross_entropy_with_integer_labels(
+        outputs[t.name], batch[t.label_key].reshape(-1).astype(jnp.int32)) for t in tasks]
+    ids = jnp.concatenate([jnp.full(e.shape, k, jnp.int32) for k, e in enumerate(ell)])
+    return task_losses_lib.focal_task_losses(jnp.concatenate(ell), ids, num_tasks=len(tasks),
+                                             gamma=gamma, level="token")[0]
+
+  return (lambda p, batch: losses_of(fns.apply(p, batch[input_key]), batch),
+          lambda dec, z, batch: losses_of(fns.decode(dec, z, batch[input_key]), batch))
+
+
 def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: str = "ls",
                  weighting: str = "none", optimizer: optax.GradientTransformation,
                  engine: str = "auto", rep_grad: bool = False,
@@ -608,7 +708,10 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  example_batch: Any = None, chunk_size: int | None = None,
                  path: str | None = None, extra_batches: int = 0, mesh: Any = None,
                  param_rule: str = "fsdp", shard_tasks: bool = True,
-                 min_size: int = 2 ** 10, method_groups: dict | None = None) -> Trainer:
+                 min_size: int = 2 ** 10, method_groups: dict | None = None,
+                 calibrate_branches: str | Sequence[str] = "",
+                 flat_regions_rho: float = 0.0, rep_mtl: dict | None = None,
+                 focal_gamma: float = 0.0) -> Trainer:
   """The jitted train step (:func:`make_step`) and eval function of a multi-task model.
 
   Args:
@@ -631,6 +734,19 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
       gradient-space method (registry defaults), the others ``method``
       (:func:`mtlx.partition`; Jacobian engine). E.g. ``{"upgrad": "encoder/fuse",
       "ls": "decoder"}`` (FULLER: calibrate at the last shared layer).
+    calibrate_branches: param-path prefixes of the model's branches
+      (``"encoder/branch_a,encoder/branch_b"``): each task's gradient is rescaled to
+      a common norm on every branch before the gradient-space method
+      (:func:`mtlx.calibrate_magnitudes`, FULLER's modality level; Jacobian engine).
+      ``""``: off.
+    flat_regions_rho: task-based flat regions' ρ (:func:`make_step`; 0: off).
+    rep_mtl: ``None`` (off) or ``{"tsr_weight", "csa_weight", "temperature"}``:
+      Rep-MTL's saliency penalties on top of linear scalarization
+      (:func:`mtlx.rep_mtl.rep_mtl_heads`; ``method='ls'``, ``weighting='none'``
+      only); the logged train losses then include the penalties' share.
+    focal_gamma: γ > 0: the training loss of each (classification) task is
+      MFTCoder's token-level focal loss ``mean_i (1 - e^{-ℓ_i})^γ ℓ_i``
+      (:func:`mtlx.task_losses.focal_task_losses`); 0: the plain mean.
 
   Raises:
     ValueError: for unknown names or keyword arguments, or an engine that cannot
@@ -650,6 +766,8 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                                weighting_kwargs=weighting_kwargs)
   if method_groups:
     grad_tx = grouped_methods(grad_tx, method_groups, params, k)
+  if calibrate_branches:
+    grad_tx = calibrated_methods(grad_tx, calibrate_branches, params)
 
   def loss_fn(p, batch):
     return losses_lib.task_losses(tasks, fns.apply(p, batch[input_key]), batch)
@@ -657,12 +775,19 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
   def heads_fn(dec_params, z, batch):
     return losses_lib.task_losses(tasks, fns.decode(dec_params, z, batch[input_key]), batch)
 
+  if focal_gamma:
+    loss_fn, heads_fn = _focal_fns(tasks, fns, input_key, focal_gamma)
+  if rep_mtl:
+    heads_fn, loss_fn = _rep_mtl_fns(rep_mtl, method, weighting, heads_fn,
+                                     lambda enc, batch: fns.encode(enc, batch[input_key]))
+
   rep = Representation(lambda enc, batch: fns.encode(enc, batch[input_key]), heads_fn)
   st = make_step(loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optimizer,
                  engine=engine, params=params, example_batch=example_batch,
                  representation=rep, chunk_size=chunk_size, extra_batches=extra_batches,
                  mesh=mesh, param_rule=param_rule, shard_tasks=shard_tasks,
-                 min_size=min_size, label=f"weighting={weighting!r}, method={method!r}")
+                 min_size=min_size, label=f"weighting={weighting!r}, method={method!r}",
+                 flat_regions_rho=flat_regions_rho)
   if st.shardings is not None:
     st.shardings.check_num_tasks(k)
   replicate = (lambda t: t) if st.shardings is None else (
