@@ -100,7 +100,7 @@ def test_nash_mtl_properties(data):
   """Nash-MTL (max_norm=0: no clipping) is non-conflicting where the bargaining
   system has a solution: non-zero, linearly independent gradients (K <= P). Its
   update is scale-invariant (‖d‖ = √K), not linear: see
-  tests/aggregators/test_nash_mtl_fidelity.py."""
+  tests/aggregators/test_nash_mtl.py."""
   family = data.draw(st.sampled_from(("normal", "conflicting")))
   matrix = data.draw(testing.matrices((family,), ks=(1, 2, 5), p=P))
   check_properties("nash_mtl", {"nc", "perm"}, family, matrix)
