@@ -61,22 +61,25 @@ ALL = ([("gradient", n) for n in _unique(registry.gradient_methods())]
        + [("loss", n) for n in _unique(registry.loss_methods())])
 
 
+BAD = ("grads", "inf_grads", "losses")  # a NaN grad, an inf grad, an inf loss
+
+
 def _run(tx, update, method_update, name, bad):
   """Params after clean steps 0..4, with a non-finite step (``bad``) after step 1."""
   params = PARAMS
   state = tx.init(params)
   schedule = [0, 1] + ([bad] if bad else []) + [2, 3, 4]
   for t in schedule:
-    if t in ("grads", "losses"):
+    if t in BAD:
       g, l, g2 = _grads(9), _losses(9), _grads(19)
-      if t == "grads":
-        g = {"a": g["a"].at[1, 0].set(jnp.nan), "b": g["b"]}
+      if t in ("grads", "inf_grads"):
+        g = {"a": g["a"].at[1, 0].set(jnp.nan if t == "grads" else jnp.inf), "b": g["b"]}
       else:
         l = l.at[0].set(jnp.inf)
     else:
       g, l, g2 = _grads(t), _losses(t), _grads(10 + t)
     extra = {"task_grads_2": g2} if name in TWO_BATCH else {}
-    if t in ("grads", "losses"):  # the method's own update is non-finite
+    if t in BAD:  # the method's own update is non-finite
       out, _ = method_update(g, state[0], params, task_losses=l, **extra)
       assert not all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree_util.tree_leaves(out))
     updates, state = update(g, state, params, task_losses=l, **extra)
@@ -86,12 +89,12 @@ def _run(tx, update, method_update, name, bad):
 
 @pytest.mark.parametrize("kind,name", ALL)
 def test_non_finite_step_leaves_no_trace(kind, name):
-  """Rule 1: a NaN grad or an inf loss leaves the state as it was, and the update
-  is non-finite, so apply_if_finite skips it: the run ends exactly as without it."""
+  """Rule 1: a NaN or inf grad or an inf loss leaves the state as it was, and the
+  update is non-finite, so apply_if_finite skips it: the run ends exactly as without it."""
   tx = _chain(kind, name)
   update, method_update = jax.jit(tx.update), jax.jit(tx.method.update)
   clean = _run(tx, update, method_update, name, None)
-  for bad in ("grads", "losses"):
+  for bad in BAD:
     skipped = _run(tx, update, method_update, name, bad)
     for a, b in zip(jax.tree_util.tree_leaves(clean), jax.tree_util.tree_leaves(skipped)):
       assert np.all(np.isfinite(np.asarray(b))), (name, bad, b)
