@@ -103,23 +103,18 @@ def test_non_finite_step_leaves_no_trace(kind, name):
 
 # --- Item 6: shapes of task grads against params, array-like weights ------------------
 
-BUILDERS = {
-    "upgrad": lambda: mtlx.upgrad(), "mgda": lambda: mtlx.mgda(),
-    "excess_mtl": lambda: mtlx.excess_mtl(num_tasks=K), "moco": lambda: mtlx.moco(num_tasks=K),
-    "db_mtl": lambda: mtlx.db_mtl(num_tasks=K), "graddrop": lambda: mtlx.graddrop(),
-    "dwa": lambda: mtlx.dwa(num_tasks=K), "mean": lambda: mtlx.mean(),
-}
-
-
-@pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_task_grad_shape_checked_against_params(name):
-  tx = BUILDERS[name]()
+@pytest.mark.parametrize("kind,name", ALL)  # every registry line (aliases left out)
+def test_task_grad_shape_checked_against_params(kind, name):
+  m = registry.METHODS[name]
+  tx = m.build(K if m.takes_num_tasks else None)
   params = {"a": jnp.zeros((3,)), "b": jnp.zeros((2, 2))}
   state = tx.init(params)
   bad = {"a": jnp.ones((K, 3)), "b": jnp.ones((K, 1, 2))}
   with pytest.raises(ValueError, match=r"task_grads\['b'\] has shape \(4, 1, 2\); expected "
                      r"\(K,\) \+ params\['b'\]\.shape = \(4, 2, 2\)"):
-    jax.eval_shape(lambda g, s: tx.update(g, s, params, task_losses=jnp.ones(K)), bad, state)
+    extra = {"task_grads_2": bad} if name in TWO_BATCH else {}
+    jax.eval_shape(lambda g, s: tx.update(g, s, params, task_losses=jnp.ones(K), **extra),
+                   bad, state)
 
 
 def test_combine_accepts_array_like_weights():

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import mtlx
+from mtlx import registry
 
 # Methods whose weights read only the losses, built for K tasks.
 BUILD = {
@@ -129,9 +130,21 @@ def test_gls_and_scale_invariant_are_scale_invariant():
 
 # ---- errors -------------------------------------------------------------------
 
-ALL = dict(BUILD, gradnorm=lambda k: mtlx.gradnorm(num_tasks=k),
-           db_mtl=lambda k: mtlx.db_mtl(num_tasks=k),
-           fixed_weights=lambda k: mtlx.fixed_weights(jnp.ones(k)))
+def _loss_registry_lines():
+  """Loss-space registry lines, one per constructor (aliases such as ``rlw`` for
+  ``random_loss_weighting`` left out): name -> ``build(k)``."""
+  seen, out = set(), {}
+  for name, m in sorted(registry.METHODS.items(), key=lambda nm: len(nm[0])):
+    if m.kind == "loss" and m.constructor not in seen:
+      seen.add(m.constructor)
+      out[name] = lambda k, m=m: m.build(k if m.takes_num_tasks else None)
+  return out
+
+
+# Every loss-space registry line, plus fixed weights (not in the registry: it needs
+# its weights as an argument).
+ALL = dict(_loss_registry_lines(), fixed_weights=lambda k: mtlx.fixed_weights(jnp.ones(k)))
+STATEFUL = sorted(n for n in ALL if n in registry.METHODS and registry.METHODS[n].takes_num_tasks)
 PARAMS = {"a": jnp.zeros(2)}
 
 
@@ -149,15 +162,14 @@ def test_bad_task_losses_raise_at_trace_time(name):
     update(tg, state, PARAMS, task_losses=jnp.ones((3, 1)))
   with pytest.raises(ValueError, match="task_losses has dtype int"):
     update(tg, state, PARAMS, task_losses=jnp.ones(3, jnp.int32))
-  if name not in ("rlw", "gls", "scale_invariant"):
+  if name in STATEFUL or name == "fixed_weights":
     with pytest.raises(ValueError, match="num_tasks=3 but the update received K=2"):
       update({"a": jnp.ones((2, 2))}, state, PARAMS, task_losses=jnp.ones(2))
 
 
-@pytest.mark.parametrize("ctor", [mtlx.dwa, mtlx.uncertainty_weighting, mtlx.imtl_l,
-                                  mtlx.famo, mtlx.stch, mtlx.normalize_task_scale,
-                                  mtlx.gradnorm, mtlx.db_mtl])
-def test_stateful_methods_require_num_tasks(ctor):
+@pytest.mark.parametrize("name", STATEFUL)  # the registry lines that take num_tasks
+def test_stateful_methods_require_num_tasks(name):
+  ctor = registry.METHODS[name].constructor
   with pytest.raises(ValueError, match="construct it with num_tasks=K"):
     ctor()
   with pytest.raises(ValueError, match="num_tasks=0 is not valid"):
