@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import mtlx
-from mtlx import registry
 from mtlx import testing
+from tests import registry_lines
 
 KS = (1, 2, 5, 64)
 P = 16
@@ -56,17 +56,7 @@ OWN_SUITE = {
 }
 
 
-def _registry_names():
-  """Gradient-space registry names, one per constructor (aliases left out)."""
-  seen, names = set(), []
-  for name, m in sorted(registry.METHODS.items(), key=lambda nm: len(nm[0])):
-    if m.kind == "gradient" and m.constructor not in seen:
-      seen.add(m.constructor)
-      names.append(name)
-  return names
-
-
-METHODS = sorted(set(_registry_names()) - set(OWN_SUITE)) + sorted(VARIANTS)
+METHODS = sorted(set(registry_lines.names("gradient")) - set(OWN_SUITE)) + sorted(VARIANTS)
 K1_SCALE = {"cagrad": (1 + 0.4) / (1 + 0.4 ** 2)}
 _TRANSFORMS = {}
 
@@ -83,8 +73,7 @@ def _transform(name, k):
     elif name in VARIANTS:
       _TRANSFORMS[key] = VARIANTS[name][0]()
     else:
-      m = registry.METHODS[name]
-      _TRANSFORMS[key] = m.build(k if m.takes_num_tasks else None)
+      _TRANSFORMS[key] = registry_lines.build(name, k)
   return _TRANSFORMS[key]
 
 

@@ -12,20 +12,13 @@ import pytest
 
 import mtlx
 from mtlx import registry
+from tests import registry_lines
 
 PARAMS = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
 
 
 def gradient_names(where=lambda m: True):
-  """Gradient-space registry names (one per constructor: aliases such as
-  ``linear_scalarization`` for ``ls`` are left out) whose entry satisfies ``where``."""
-  seen, names = set(), []
-  for name, m in sorted(registry.METHODS.items(), key=lambda nm: len(nm[0])):
-    key = (m.constructor, tuple(sorted(m.defaults.items())))
-    if m.kind == "gradient" and where(m) and key not in seen:
-      seen.add(key)
-      names.append(name)
-  return sorted(names)
+  return registry_lines.names("gradient", where)
 
 
 def _tree(k, seed=0):

@@ -7,23 +7,13 @@ import optax
 import pytest
 
 import mtlx
-from mtlx import registry
+from tests import registry_lines
 from tests.reference import aggregators_ref as ref
 
 STEPS = 300
 # Centres and curvatures of the quadratic tasks f_k(x) = ½ Σ_i a_ki (x_i - c_ki)².
 CENTRES = np.array([[2.0, 0.0, 1.0], [-2.0, 1.0, 0.0], [0.0, -2.0, 0.5], [1.0, 2.0, -1.0]])
 CURV = np.array([[1.0, 2.0, 0.5], [3.0, 1.0, 1.0], [1.0, 1.0, 2.0], [0.5, 1.5, 1.0]])
-
-
-def _registry_names():
-  """Gradient-space registry names, one per constructor (aliases left out)."""
-  seen, names = set(), []
-  for name, m in sorted(registry.METHODS.items(), key=lambda nm: len(nm[0])):
-    if m.kind == "gradient" and m.constructor not in seen:
-      seen.add(m.constructor)
-      names.append(name)
-  return names
 
 
 # Registry lines whose convergence test is their own (tests/aggregators/test_<name>.py:
@@ -45,11 +35,11 @@ def _method(name):
   """(constructor, K, condition) of a registry line (built with its defaults) or variant."""
   if name in VARIANTS:
     return VARIANTS[name]
-  m, k = registry.METHODS[name], MIN_K.get(name, 2)
-  return (lambda: m.build(k if m.takes_num_tasks else None)), k, CONDITION.get(name, "pareto")
+  k = MIN_K.get(name, 2)
+  return (lambda: registry_lines.build(name, k)), k, CONDITION.get(name, "pareto")
 
 
-METHODS = sorted(set(_registry_names()) - set(OWN_CONVERGENCE_TEST)) + sorted(VARIANTS)
+METHODS = sorted(set(registry_lines.names("gradient")) - set(OWN_CONVERGENCE_TEST)) + sorted(VARIANTS)
 
 
 def _losses(params, k):

@@ -17,6 +17,7 @@ import pytest
 import mtlx
 from mtlx import registry
 from mtlx import train as T
+from tests import registry_lines
 from tests.reference import aggregators_ref as ref
 
 K = 4
@@ -55,9 +56,7 @@ def _max_rel(a, b):
              for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
-GRAMIAN_METHODS = sorted(n for n, m in registry.METHODS.items()
-                         if m.kind == "gradient" and "gramian" in m.engines
-                         and n not in ("linear_scalarization",))  # "ls" is the same entry
+GRAMIAN_METHODS = registry_lines.names("gradient", lambda m: "gramian" in m.engines)
 
 
 @pytest.mark.parametrize("name", GRAMIAN_METHODS)
@@ -189,18 +188,6 @@ def test_registry_engines_match_what_the_transforms_say():
     assert served == set(m.engines), (name, served, m.engines)
 
 
-def _one_name_per_constructor():
-  """Registry names, aliases left out (``linear_scalarization`` is ``ls``, ``rlw`` is
-  ``random_loss_weighting`` ...: the same constructor and defaults)."""
-  seen, names = set(), []
-  for name, m in sorted(registry.METHODS.items(), key=lambda nm: len(nm[0])):
-    key = (m.constructor, tuple(sorted(m.defaults.items())))
-    if key not in seen:
-      seen.add(key)
-      names.append(name)
-  return sorted(names)
-
-
 def _primitives(jaxpr):
   for eqn in jaxpr.eqns:
     yield eqn.primitive.name
@@ -212,7 +199,7 @@ def _primitives(jaxpr):
           yield from _primitives(sub)
 
 
-@pytest.mark.parametrize("name", _one_name_per_constructor())
+@pytest.mark.parametrize("name", registry_lines.names())  # every line, aliases left out
 def test_every_registered_method_traces_under_jit_without_callbacks(name):
   """The shared suite every registry line joins: built with its registry defaults, the
   transform traces (jaxpr) on stacked grads with no host callback, and its update has

@@ -11,6 +11,7 @@ import pytest
 
 import mtlx
 from mtlx import registry
+from tests import registry_lines
 
 K = 4
 PARAMS = {"a": jnp.zeros((3,)), "b": jnp.zeros((2, 2))}
@@ -46,19 +47,8 @@ def _chain(kind, name):
   return _Chain(method)
 
 
-def _unique(table):
-  """One name per constructor (the registry has aliases: ls, rlw, gls ...)."""
-  seen, names = set(), []
-  for n in sorted(table, key=len):
-    key = getattr(table[n], "func", table[n])
-    if key not in seen:
-      seen.add(key)
-      names.append(n)
-  return sorted(names)
-
-
-ALL = ([("gradient", n) for n in _unique(registry.gradient_methods())]
-       + [("loss", n) for n in _unique(registry.loss_methods())])
+ALL = ([("gradient", n) for n in registry_lines.names("gradient")]
+       + [("loss", n) for n in registry_lines.names("loss")])
 
 
 BAD = ("grads", "inf_grads", "losses")  # a NaN grad, an inf grad, an inf loss
@@ -105,8 +95,7 @@ def test_non_finite_step_leaves_no_trace(kind, name):
 
 @pytest.mark.parametrize("kind,name", ALL)  # every registry line (aliases left out)
 def test_task_grad_shape_checked_against_params(kind, name):
-  m = registry.METHODS[name]
-  tx = m.build(K if m.takes_num_tasks else None)
+  tx = registry_lines.build(name, K)
   params = {"a": jnp.zeros((3,)), "b": jnp.zeros((2, 2))}
   state = tx.init(params)
   bad = {"a": jnp.ones((K, 3)), "b": jnp.ones((K, 1, 2))}

@@ -9,26 +9,21 @@ import pytest
 
 import mtlx
 from mtlx import jacobian
-from mtlx import registry
+from tests import registry_lines
 
 K, P = 5, 8
 SCALES = (1e-30, 1e-20, 1e-10, 1e10, 1e20, 1e30)
 
 
-def _scale_invariant_registry_lines():
-  """Every gradient-space registry line whose transform declares ``scale_invariant``
-  (built with ``gramian_weighting(..., scale_invariant=True)``), aliases left out."""
-  out = {}
-  for name, m in registry.METHODS.items():
-    tx = m.build(K if m.takes_num_tasks else None)
-    if m.kind == "gradient" and getattr(tx, "scale_invariant", False) and (
-        m.constructor not in {o.constructor for o in out.values()}):
-      out[name] = m
-  return {n: (lambda m=m: m.build(K if m.takes_num_tasks else None)) for n, m in out.items()}
+def _declares_scale_invariant(m):
+  """Built with ``gramian_weighting(..., scale_invariant=True)``."""
+  return getattr(m.build(K if m.takes_num_tasks else None), "scale_invariant", False)
 
 
 # Registry lines with scale_invariant=True, plus variants beyond the registry defaults.
-METHODS = dict(_scale_invariant_registry_lines(), mgda_loss=lambda: mtlx.mgda("loss"))
+METHODS = dict({n: (lambda n=n: registry_lines.build(n, K))
+                for n in registry_lines.names("gradient", _declares_scale_invariant)},
+               mgda_loss=lambda: mtlx.mgda("loss"))
 
 
 def _jac():

@@ -12,6 +12,7 @@ from hypothesis import given, strategies as st
 
 import mtlx
 from mtlx import registry
+from tests import registry_lines
 
 # Methods whose weights read only the losses, built for K tasks.
 BUILD = {
@@ -92,20 +93,10 @@ def test_gls_and_scale_invariant_are_scale_invariant():
 
 # ---- errors -------------------------------------------------------------------
 
-def _loss_registry_lines():
-  """Loss-space registry lines, one per constructor (aliases such as ``rlw`` for
-  ``random_loss_weighting`` left out): name -> ``build(k)``."""
-  seen, out = set(), {}
-  for name, m in sorted(registry.METHODS.items(), key=lambda nm: len(nm[0])):
-    if m.kind == "loss" and m.constructor not in seen:
-      seen.add(m.constructor)
-      out[name] = lambda k, m=m: m.build(k if m.takes_num_tasks else None)
-  return out
-
-
 # Every loss-space registry line, plus fixed weights (not in the registry: it needs
 # its weights as an argument).
-ALL = dict(_loss_registry_lines(), fixed_weights=lambda k: mtlx.fixed_weights(jnp.ones(k)))
+ALL = dict({n: (lambda k, n=n: registry_lines.build(n, k)) for n in registry_lines.names("loss")},
+           fixed_weights=lambda k: mtlx.fixed_weights(jnp.ones(k)))
 STATEFUL = sorted(n for n in ALL if n in registry.METHODS and registry.METHODS[n].takes_num_tasks)
 PARAMS = {"a": jnp.zeros(2)}
 

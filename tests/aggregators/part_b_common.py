@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import strategies as st
 
 import mtlx
@@ -216,3 +217,37 @@ def train(method, steps=300, noise=0.0, two_batch=False, lr=0.05):
     return params
 
   return run(jax.random.PRNGKey(0))
+
+
+def assert_two_batch_reference(tx, reference, third, k=3):
+  """``tx`` (a two-batch method with K = k) against ``reference(batches)`` over STEPS
+  steps of N problems: correlated first and second batches, the third batch (for the
+  direction) given or not."""
+  rng = np.random.default_rng(1)
+  j1, j2, j3 = (rng.normal(size=(STEPS, N, k, P)) for _ in range(3))
+  j2 = j1 + 0.5 * j2  # correlated batches, like two samples of the same tasks
+  extras = {"task_grads_2": j2}
+  if third:
+    extras["task_grads_3"] = j3
+  outs, _ = run_steps(tx, j1, extras)
+  for i in range(N):
+    batches = [(j1[t, i], j2[t, i], (j3 if third else j1)[t, i]) for t in range(STEPS)]
+    assert np.max(rel_err(outs[:, i], np.stack(reference(batches)))) <= 1e-5
+
+
+def assert_missing_second_batch_says_what_to_pass(name):
+  tx = mtlx.registry.get_gradient_method(name, num_tasks=2)
+  tg = to_tree(make_jacobian("normal", 2, 0, 1.0))
+  with pytest.raises(ValueError, match=r"keyword extra argument `task_grads_2`"):
+    tx.update(tg, tx.init(PARAMS), PARAMS)
+  bad = to_tree(make_jacobian("normal", 3, 0, 1.0))
+  with pytest.raises(ValueError, match=r"task_grads_2 has K=3 tasks but task_grads has K=2"):
+    tx.update(tg, tx.init(PARAMS), PARAMS, task_grads_2=bad)
+
+
+def assert_reaches_pareto_stationarity(method, **train_kwargs):
+  """Trains ``method`` on the two quadratics: from far off the Pareto set to within
+  1e-2 (3e-2 with gradient noise) of Pareto stationarity."""
+  assert pareto_stationarity(X0) > 1.0
+  final = pareto_stationarity(train(method, **train_kwargs))
+  assert final < (3e-2 if train_kwargs.get("noise") else 1e-2), final
