@@ -21,6 +21,7 @@ import optax
 
 from mtlx import aggregators as agg
 import mtlx.loss_weighting as lw
+from mtlx import validation
 
 # Engines (mtlx.train.ENGINES) by what a method is.
 ALL_ENGINES = ("one_backward", "gramian", "jacobian", "representation")
@@ -71,7 +72,8 @@ class Method(NamedTuple):
 
     Raises:
       ValueError: for a key the constructor does not take, naming it and the
-        accepted ones.
+        accepted ones; for a method whose state is sized by K built without
+        ``num_tasks`` where its constructor requires it.
     """
     kwargs = dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else (kwargs or {}))
     if self.takes_num_tasks and "num_tasks" in kwargs:  # num_tasks= passed as a keyword
@@ -85,6 +87,10 @@ class Method(NamedTuple):
     kwargs = dict(self.defaults, **kwargs)
     if self.takes_num_tasks and num_tasks is not None:
       kwargs.setdefault("num_tasks", num_tasks)
+    elif self.takes_num_tasks and "num_tasks" not in kwargs and (
+        inspect.signature(self.constructor).parameters["num_tasks"].default
+        is inspect.Parameter.empty):  # a ValueError, not Python's TypeError
+      validation.require_num_tasks(None, self.name)
     return self.constructor(**kwargs)
 
 

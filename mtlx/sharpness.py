@@ -54,7 +54,7 @@ def value_and_sharpness_jacobian(loss_fn: Callable[..., Any], rho: float, *,
   def wrapped(params, *args):
     losses, task_grads = value_and_jac(params, *args)
     k = losses.shape[0]
-    norms = jnp.sqrt(jacobian.gramian(task_grads).diagonal())
+    norms = jacobian.task_norms(jacobian.gramian(task_grads))
 
     def sharp_row(i):
       scale = rho / (norms[i] + eps)

@@ -1,7 +1,7 @@
 """Claimed properties of the gradient-space methods, with hypothesis over matrix families.
 
 Each method has one hypothesis test that checks every property it claims on each
-drawn matrix (see the table METHODS and each docstring), using the public
+drawn matrix (see the table CLAIMS and each docstring), using the public
 helpers of mtlx.testing. Transforms are jitted once per (K, dtype).
 """
 
@@ -13,48 +13,67 @@ from hypothesis import given, settings, strategies as st
 
 import mtlx
 from mtlx import testing
+from tests import registry_lines
 
 KS = (1, 2, 5, 64)
 P = 16
 ALL = testing.FAMILIES
 FULL_RANK = ("normal", "duplicated", "zero_row", "conflicting")  # K <= P below
 
-# name -> (constructor, properties, min K); properties: nc (non-conflicting),
-# lin (linear under scaling), perm (permutation-invariant), k1 (K=1 gives g1 times
-# K1_SCALE). "full_rank_only": nc/lin/perm are claimed only for Jacobians whose
-# non-zero rows are linearly independent up to duplicates (ConFIG: a rank
-# cutoff in a pseudo-inverse; IMTL-G: the equal-projection system is then
-# singular and its least-squares solution is not unique).
-METHODS = {
-    "mean": (mtlx.mean, {"lin", "perm", "k1"}, 1),
-    "mgda": (mtlx.mgda, {"nc", "lin", "perm", "k1"}, 1),
-    "mgda_l2": (lambda: mtlx.mgda("l2"), {"nc"}, 1),
-    "pcgrad": (mtlx.pcgrad, {"lin", "k1"}, 1),
-    "graddrop": (mtlx.graddrop, {"lin", "k1"}, 1),
-    "cagrad": (mtlx.cagrad, {"lin", "perm", "k1"}, 1),
-    "imtl_g": (mtlx.imtl_g, {"lin", "perm", "k1", "full_rank_only"}, 1),
-    "aligned_mtl": (mtlx.aligned_mtl, {"lin", "perm", "k1"}, 1),
-    "upgrad": (mtlx.upgrad, {"nc", "lin", "perm", "k1"}, 1),
-    "dualproj": (mtlx.dualproj, {"nc", "lin", "perm", "k1"}, 1),
-    "config": (mtlx.config, {"nc", "lin", "perm", "k1", "full_rank_only"}, 1),
-    "krum": (lambda: mtlx.krum(1), {"lin"}, 4),
-    "trimmed_mean": (lambda: mtlx.trimmed_mean(1), {"lin", "perm"}, 3),
+# Claimed properties per method: nc (non-conflicting), lin (linear under scaling),
+# perm (permutation-invariant), k1 (K=1 gives g1 times K1_SCALE). "full_rank_only":
+# nc/lin/perm are claimed only for Jacobians whose non-zero rows are linearly
+# independent up to duplicates (ConFIG: a rank cutoff in a pseudo-inverse; IMTL-G: the
+# equal-projection system is then singular and its least-squares solution is not
+# unique). A registry line missing here joins with no claims: the finite-iff-finite
+# check on every drawn matrix.
+CLAIMS = {
+    "mean": {"lin", "perm", "k1"},
+    "mgda": {"nc", "lin", "perm", "k1"},
+    "pcgrad": {"lin", "k1"},
+    "graddrop": {"lin", "k1"},
+    "cagrad": {"lin", "perm", "k1"},
+    "imtl_g": {"lin", "perm", "k1", "full_rank_only"},
+    "aligned_mtl": {"lin", "perm", "k1"},
+    "upgrad": {"nc", "lin", "perm", "k1"},
+    "dualproj": {"nc", "lin", "perm", "k1"},
+    "config": {"nc", "lin", "perm", "k1", "full_rank_only"},
+    "krum": {"lin"},
+    "trimmed_mean": {"lin", "perm"},
 }
-# gradvac and nash_mtl have K-sized state: tested below, one transform per K.
+# The smallest K a registry default accepts (krum n_byzantine=1, trimmed_mean trim 1).
+MIN_K = {"krum": 4, "trimmed_mean": 3}
+# Variants beyond the registry defaults: name -> (constructor, claims).
+VARIANTS = {"mgda_l2": (lambda: mtlx.mgda("l2"), {"nc"})}
+# Registry lines with their own property suites, left out here (explicitly):
+OWN_SUITE = {
+    "ls": "linear_scalarization: exact weighted sum, tests/aggregators/test_linear_scalarization.py",
+    "gradvac": "K-sized state, one transform per K: test_gradvac_properties below",
+    "nash_mtl": "K-sized state; non-linear by design: test_nash_mtl_properties below",
+    # K-sized states and two-step properties (tests/aggregators/test_<name>.py):
+    "moco": "", "sdmgrad": "", "modo": "", "fairgrad": "", "excess_mtl": "", "pcd": "",
+    "crmogm": "",
+}
 
+
+METHODS = sorted(set(registry_lines.names("gradient")) - set(OWN_SUITE)) + sorted(VARIANTS)
 K1_SCALE = {"cagrad": (1 + 0.4) / (1 + 0.4 ** 2)}
 _TRANSFORMS = {}
+
+
+def _claims(name):
+  return VARIANTS[name][1] if name in VARIANTS else CLAIMS.get(name, set())
 
 
 def _transform(name, k):
   key = (name, k)
   if key not in _TRANSFORMS:
-    if name == "gradvac":
-      _TRANSFORMS[key] = mtlx.gradvac(num_tasks=k)
-    elif name == "nash_mtl":
+    if name == "nash_mtl":
       _TRANSFORMS[key] = mtlx.nash_mtl(max_norm=0.0, num_tasks=k, optim_niter=30)
+    elif name in VARIANTS:
+      _TRANSFORMS[key] = VARIANTS[name][0]()
     else:
-      _TRANSFORMS[key] = METHODS[name][0]()
+      _TRANSFORMS[key] = registry_lines.build(name, k)
   return _TRANSFORMS[key]
 
 
@@ -84,11 +103,11 @@ def check_properties(name, props, family, matrix):
                                atol=tol * np.abs(matrix).max())
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", METHODS)
 @settings(max_examples=15)
 @given(data=st.data())
 def test_properties(name, data):
-  _, props, min_k = METHODS[name]
+  props, min_k = _claims(name), MIN_K.get(name, 1)
   family = data.draw(st.sampled_from(ALL))
   matrix = data.draw(testing.matrices((family,), ks=[k for k in KS if k >= min_k], p=P))
   check_properties(name, props, family, matrix)
@@ -100,7 +119,7 @@ def test_nash_mtl_properties(data):
   """Nash-MTL (max_norm=0: no clipping) is non-conflicting where the bargaining
   system has a solution: non-zero, linearly independent gradients (K <= P). Its
   update is scale-invariant (‖d‖ = √K), not linear: see
-  tests/aggregators/test_nash_mtl_fidelity.py."""
+  tests/aggregators/test_nash_mtl.py."""
   family = data.draw(st.sampled_from(("normal", "conflicting")))
   matrix = data.draw(testing.matrices((family,), ks=(1, 2, 5), p=P))
   check_properties("nash_mtl", {"nc", "perm"}, family, matrix)
@@ -128,6 +147,6 @@ def test_zero_and_duplicated_rows_are_finite_for_every_method():
   """The degenerate families explicitly, at K=4, for every method (incl. the stateful ones)."""
   for family in ("zero_row", "duplicated", "all_zero", "rank_deficient"):
     m = testing.make_matrix(family, 4, 3, seed=1, dtype=np.float32)
-    for name in list(METHODS) + ["gradvac", "nash_mtl"]:
+    for name in METHODS + ["gradvac", "nash_mtl"]:
       d = testing.aggregate(_transform(name, 4), m)
       assert np.all(np.isfinite(d)), (name, family)

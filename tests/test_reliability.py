@@ -11,6 +11,7 @@ import pytest
 
 import mtlx
 from mtlx import registry
+from tests import registry_lines
 
 K = 4
 PARAMS = {"a": jnp.zeros((3,)), "b": jnp.zeros((2, 2))}
@@ -46,19 +47,11 @@ def _chain(kind, name):
   return _Chain(method)
 
 
-def _unique(table):
-  """One name per constructor (the registry has aliases: ls, rlw, gls ...)."""
-  seen, names = set(), []
-  for n in sorted(table, key=len):
-    key = getattr(table[n], "func", table[n])
-    if key not in seen:
-      seen.add(key)
-      names.append(n)
-  return sorted(names)
+ALL = ([("gradient", n) for n in registry_lines.names("gradient")]
+       + [("loss", n) for n in registry_lines.names("loss")])
 
 
-ALL = ([("gradient", n) for n in _unique(registry.gradient_methods())]
-       + [("loss", n) for n in _unique(registry.loss_methods())])
+BAD = ("grads", "inf_grads", "losses")  # a NaN grad, an inf grad, an inf loss
 
 
 def _run(tx, update, method_update, name, bad):
@@ -67,16 +60,16 @@ def _run(tx, update, method_update, name, bad):
   state = tx.init(params)
   schedule = [0, 1] + ([bad] if bad else []) + [2, 3, 4]
   for t in schedule:
-    if t in ("grads", "losses"):
+    if t in BAD:
       g, l, g2 = _grads(9), _losses(9), _grads(19)
-      if t == "grads":
-        g = {"a": g["a"].at[1, 0].set(jnp.nan), "b": g["b"]}
+      if t in ("grads", "inf_grads"):
+        g = {"a": g["a"].at[1, 0].set(jnp.nan if t == "grads" else jnp.inf), "b": g["b"]}
       else:
         l = l.at[0].set(jnp.inf)
     else:
       g, l, g2 = _grads(t), _losses(t), _grads(10 + t)
     extra = {"task_grads_2": g2} if name in TWO_BATCH else {}
-    if t in ("grads", "losses"):  # the method's own update is non-finite
+    if t in BAD:  # the method's own update is non-finite
       out, _ = method_update(g, state[0], params, task_losses=l, **extra)
       assert not all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree_util.tree_leaves(out))
     updates, state = update(g, state, params, task_losses=l, **extra)
@@ -86,12 +79,12 @@ def _run(tx, update, method_update, name, bad):
 
 @pytest.mark.parametrize("kind,name", ALL)
 def test_non_finite_step_leaves_no_trace(kind, name):
-  """Rule 1: a NaN grad or an inf loss leaves the state as it was, and the update
-  is non-finite, so apply_if_finite skips it: the run ends exactly as without it."""
+  """Rule 1: a NaN or inf grad or an inf loss leaves the state as it was, and the
+  update is non-finite, so apply_if_finite skips it: the run ends exactly as without it."""
   tx = _chain(kind, name)
   update, method_update = jax.jit(tx.update), jax.jit(tx.method.update)
   clean = _run(tx, update, method_update, name, None)
-  for bad in ("grads", "losses"):
+  for bad in BAD:
     skipped = _run(tx, update, method_update, name, bad)
     for a, b in zip(jax.tree_util.tree_leaves(clean), jax.tree_util.tree_leaves(skipped)):
       assert np.all(np.isfinite(np.asarray(b))), (name, bad, b)
@@ -100,23 +93,17 @@ def test_non_finite_step_leaves_no_trace(kind, name):
 
 # --- Item 6: shapes of task grads against params, array-like weights ------------------
 
-BUILDERS = {
-    "upgrad": lambda: mtlx.upgrad(), "mgda": lambda: mtlx.mgda(),
-    "excess_mtl": lambda: mtlx.excess_mtl(num_tasks=K), "moco": lambda: mtlx.moco(num_tasks=K),
-    "db_mtl": lambda: mtlx.db_mtl(num_tasks=K), "graddrop": lambda: mtlx.graddrop(),
-    "dwa": lambda: mtlx.dwa(num_tasks=K), "mean": lambda: mtlx.mean(),
-}
-
-
-@pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_task_grad_shape_checked_against_params(name):
-  tx = BUILDERS[name]()
+@pytest.mark.parametrize("kind,name", ALL)  # every registry line (aliases left out)
+def test_task_grad_shape_checked_against_params(kind, name):
+  tx = registry_lines.build(name, K)
   params = {"a": jnp.zeros((3,)), "b": jnp.zeros((2, 2))}
   state = tx.init(params)
   bad = {"a": jnp.ones((K, 3)), "b": jnp.ones((K, 1, 2))}
   with pytest.raises(ValueError, match=r"task_grads\['b'\] has shape \(4, 1, 2\); expected "
                      r"\(K,\) \+ params\['b'\]\.shape = \(4, 2, 2\)"):
-    jax.eval_shape(lambda g, s: tx.update(g, s, params, task_losses=jnp.ones(K)), bad, state)
+    extra = {"task_grads_2": bad} if name in TWO_BATCH else {}
+    jax.eval_shape(lambda g, s: tx.update(g, s, params, task_losses=jnp.ones(K), **extra),
+                   bad, state)
 
 
 def test_combine_accepts_array_like_weights():

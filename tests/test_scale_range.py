@@ -9,21 +9,21 @@ import pytest
 
 import mtlx
 from mtlx import jacobian
+from tests import registry_lines
 
 K, P = 5, 8
 SCALES = (1e-30, 1e-20, 1e-10, 1e10, 1e20, 1e30)
 
-# The scale-invariant methods owned here; every transform built with
-# gramian_weighting(..., scale_invariant=True) belongs in this list.
-METHODS = {
-    "upgrad": mtlx.upgrad,
-    "dualproj": mtlx.dualproj,
-    "mgda": mtlx.mgda,
-    "mgda_loss": lambda: mtlx.mgda("loss"),
-    "pcgrad": mtlx.pcgrad,
-    "gradvac": lambda: mtlx.gradvac(num_tasks=K),
-    "krum": lambda: mtlx.krum(1),
-}
+
+def _declares_scale_invariant(m):
+  """Built with ``gramian_weighting(..., scale_invariant=True)``."""
+  return getattr(m.build(K if m.takes_num_tasks else None), "scale_invariant", False)
+
+
+# Registry lines with scale_invariant=True, plus variants beyond the registry defaults.
+METHODS = dict({n: (lambda n=n: registry_lines.build(n, K))
+                for n in registry_lines.names("gradient", _declares_scale_invariant)},
+               mgda_loss=lambda: mtlx.mgda("loss"))
 
 
 def _jac():

@@ -2,6 +2,8 @@
 it claims; config errors name the valid choices; the compare writes its table."""
 
 import csv
+import json
+import logging
 import os
 
 import jax
@@ -122,6 +124,38 @@ def test_fixed_weights_log_the_weights_used_on_both_engines(setup):
   assert c.shape == (2, 2) and abs(c[0, 1]) <= 1 and c[0, 1] == pytest.approx(c[1, 0])
 
 
+def test_engine_auto_picks_the_cheapest_valid_engine_and_records_it(setup, data_dir,
+                                                                     tmp_path, caplog):
+  """``config.engine='auto'`` on the multi-digits CNN (every parameter in the autogram
+  plan): one_backward for loss-only weightings with LS, gramian for a Gramian method
+  (alone or after DWA), jacobian for what reads per-task grads; the choice is in
+  config.json (``engine_used``) and the log."""
+  info, batches = setup
+  config = md_config.get_config()
+  config.update(dict(num_steps=2, eval_every=2, log_every=1, checkpoint_every=2,
+                     batch_size=32, eval_batch_size=64, data_dir=data_dir, progress=False,
+                     tensorboard=False, workdir=str(tmp_path / "run")))
+  config.builder_kwargs.update(KW)
+  config.model_kwargs.update(dict(widths=(4, 8), hidden=16, head_hidden=16))
+  _, tasks = train_exp.validate(config)
+  for method, weighting, want in [("ls", "dwa", "one_backward"), ("upgrad", "none", "gramian"),
+                                  ("upgrad", "dwa", "gramian"), ("graddrop", "none", "jacobian"),
+                                  ("ls", "gradnorm", "jacobian")]:
+    c = md_config.get_config(f"method={method},weighting={weighting}")
+    c.builder_kwargs.update(KW)
+    c.model_kwargs.update(dict(widths=(4, 8), hidden=16, head_hidden=16))
+    assert c.engine == "auto"
+    trainer, _ = train_exp.build_trainer(c, info, tasks, None, example_batch=batches[0])
+    assert trainer.engine == want, (method, weighting, trainer.engine)
+  config.method = "upgrad"
+  config.method_kwargs = md_config.get_config("method=upgrad").method_kwargs
+  with caplog.at_level(logging.INFO):
+    train_exp.train_and_evaluate(config)
+  saved = json.load(open(tmp_path / "run" / "config.json"))
+  assert (saved["engine"], saved["engine_used"]) == ("auto", "gramian")
+  assert "engine gramian (config.engine='auto')" in caplog.text
+
+
 def test_config_errors_list_valid_names(data_dir):
   base = md_config.get_config()
   cases = [("method", "pcgradd", r"expected one of \[.*'ls'"),
@@ -150,8 +184,12 @@ def test_compare_end_to_end(data_dir, tmp_path):
                      tensorboard=False, last_k=2))
   config.builder_kwargs.update(KW)
   config.model_kwargs.update(dict(widths=(4, 8), hidden=16, head_hidden=16))
+  config.engine = "gramian"  # --config.engine=gramian reaches every run of the compare
   out = compare.compare(config, ["ls", "dwa"], seeds=2, workdir=str(tmp_path),
                         compilation_cache=False)
+  saved = [json.load(open(p)) for p in (tmp_path / "runs").glob("*/seed*/config.json")]
+  assert len(saved) == 8  # 2 single-task + 2 methods, 2 seeds each
+  assert {(c["engine"], c["engine_used"]) for c in saved} == {("gramian", "gramian")}
   with open(out["csv"]) as f:
     rows = list(csv.DictReader(f))
   assert [r["method"] for r in rows] == ["single-task", "ls", "dwa"]

@@ -10,32 +10,8 @@ import optax
 import pytest
 
 import mtlx
+from tests.loss_weighting.sequences import K, flat, run, sequence
 from tests.reference import loss_weighting_ref as ref
-
-K = 3
-T = 8
-
-
-def _sequence(seed=0, t=T, k=K, low=0.2, high=3.0):
-  rng = np.random.default_rng(seed)
-  losses = rng.uniform(low, high, size=(t, k))
-  grads = [{"a": rng.normal(size=(k, 3)), "b": rng.normal(size=(k, 2, 2))} for _ in range(t)]
-  return losses, grads
-
-
-def _flat(tg):
-  return np.concatenate([np.asarray(tg["a"]).reshape(K, -1),
-                         np.asarray(tg["b"]).reshape(K, -1)], axis=1)
-
-
-def _run(tx, losses, grads, params=None):
-  update = jax.jit(tx.update)
-  state = tx.init(params)
-  outs = []
-  for l, g in zip(losses, grads):
-    out, state = update(g, state, params, task_losses=jnp.asarray(l))
-    outs.append(_flat(out))
-  return np.stack(outs), state
 
 
 # name -> (constructor, reference(losses) -> weights[T, K])
@@ -65,62 +41,15 @@ LOSS_ONLY = {
 @pytest.mark.parametrize("name", sorted(LOSS_ONLY))
 def test_loss_only_methods_match_reference(name):
   make, reference = LOSS_ONLY[name]
-  losses, grads = _sequence(seed=len(name))
-  outs, _ = _run(make(), losses, grads)
+  losses, grads = sequence(seed=len(name))
+  outs, _ = run(make(), losses, grads)
   w = reference(losses)
-  want = np.stack([wt[:, None] * _flat(g) for wt, g in zip(w, grads)])
+  want = np.stack([wt[:, None] * flat(g) for wt, g in zip(w, grads)])
   np.testing.assert_allclose(outs, want, rtol=1e-6, atol=1e-12)
   # The sequence must exercise the adaptive part: weights change across updates
   # for every stateful method (guards against a reference that equals a constant).
   if name not in ("fixed_weights",):
     assert np.ptp(w[2:] / w[2:].sum(1, keepdims=True), axis=0).max() > 1e-3
-
-
-def test_rlw_matches_reference_key_schedule():
-  losses, grads = _sequence(seed=3)
-  outs, _ = _run(mtlx.random_loss_weighting(seed=7), losses, grads)
-  key = jax.random.PRNGKey(7)
-  draws = []
-  for _ in range(T):
-    key, sub = jax.random.split(key)
-    draws.append(np.asarray(jax.random.normal(sub, (K,), jnp.float32), np.float64))
-  w = ref.rlw(np.stack(draws))
-  want = np.stack([wt[:, None] * _flat(g) for wt, g in zip(w, grads)])
-  np.testing.assert_allclose(outs, want, rtol=1e-6)
-  # different seeds give different weights; same seed the same
-  outs2, _ = _run(mtlx.random_loss_weighting(seed=8), losses, grads)
-  assert np.abs(outs2 - outs).max() > 1e-3
-
-
-def test_gradnorm_matches_reference_with_mask():
-  losses, grads = _sequence(seed=11, low=0.5, high=2.0)
-  # Norms over leaf "a" only (a prefix-pytree mask) and over every leaf.
-  for mask, sel in (({"a": True, "b": False}, lambda g: np.asarray(g["a"]).reshape(K, -1)),
-                    (None, _flat)):
-    tx = mtlx.gradnorm(alpha=1.5, learning_rate=0.3, mask=mask, num_tasks=K)
-    outs, state = _run(tx, losses, grads)
-    norms = np.stack([np.linalg.norm(sel(g), axis=1) for g in grads])
-    w = ref.gradnorm(losses, norms, alpha=1.5, learning_rate=0.3)
-    want = np.stack([wt[:, None] * _flat(g) for wt, g in zip(w, grads)])
-    np.testing.assert_allclose(outs, want, rtol=1e-6, atol=1e-12)
-    assert np.ptp(w, axis=0).max() > 1e-2
-    np.testing.assert_allclose(np.sum(state.weights), K, rtol=1e-12)
-  callable_mask = mtlx.gradnorm(mask=lambda tg: {"a": True, "b": False}, num_tasks=K)
-  outs_c, _ = _run(callable_mask, losses, grads)
-  outs_d, _ = _run(mtlx.gradnorm(mask={"a": True, "b": False}, num_tasks=K), losses, grads)
-  np.testing.assert_allclose(outs_c, outs_d, rtol=1e-12)
-
-
-def test_db_mtl_matches_reference():
-  losses, grads = _sequence(seed=5)
-  params = {"a": np.zeros(3), "b": np.zeros((2, 2))}
-  outs, state = _run(mtlx.db_mtl(num_tasks=K), losses, grads, params)
-  want = ref.db_mtl(losses, [_flat(g) for g in grads])
-  np.testing.assert_allclose(outs, want, rtol=1e-6, atol=1e-12)
-  # the balanced rows all have the largest EMA norm
-  np.testing.assert_allclose(np.linalg.norm(outs[-1], axis=1),
-                             np.linalg.norm(outs[-1], axis=1).max(), rtol=1e-6)
-  assert int(state.count) == T
 
 
 # ---- the one-backward path -------------------------------------------------------

@@ -60,6 +60,32 @@ def stacked_zeros(params: Any, k: int) -> Any:
       lambda p: jnp.zeros((k,) + jnp.shape(p), jnp.result_type(p)), params)
 
 
+# Who passes each keyword extra of ``update`` (for the error of a missing one).
+_PROVIDERS = {
+    "task_losses": "the [K] task losses; every engine of mtlx.train.make_step passes them",
+    "task_grads_2": ("the per-task grads of a second, independent mini-batch; only "
+                     "mtlx.train.make_step(engine='jacobian', extra_batches=1 or 2) passes "
+                     "them (config.extra_batches in experiments/train.py)"),
+    "task_grads_3": ("the per-task grads of a third, independent mini-batch; only "
+                     "mtlx.train.make_step(engine='jacobian', extra_batches=2) passes them"),
+}
+
+
+def check_extras(extra: dict, names: tuple[str, ...], method: str) -> None:
+  """Raises one ``ValueError`` when a keyword extra in ``names`` is missing (or None)
+  from ``extra``, naming the method, the missing extras and what provides them."""
+  missing = [n for n in names if extra.get(n) is None]
+  if not missing:
+    return
+  who = "; ".join(f"`{n}`: " + _PROVIDERS.get(
+      n, "no engine of mtlx.train.make_step passes it") for n in missing)
+  example = ", ".join(f"{n}=..." for n in missing)
+  raise ValueError(
+      f"{method} reads the keyword extra argument(s) {missing}, which the caller did not "
+      f"pass ({who}). Calling the transform directly, pass them to update: "
+      f"`tx.update(task_grads, state, params, {example})`.")
+
+
 def second_batch(task_grads: Any, extra: dict, method: str, name: str = "task_grads_2",
                  required: bool = True) -> Any:
   """Reads the per-task grads of another mini-batch from the keyword extras.
@@ -75,7 +101,8 @@ def second_batch(task_grads: Any, extra: dict, method: str, name: str = "task_gr
         f"{method} needs a second, independent mini-batch: pass its per-task grads "
         f"as the keyword extra argument `{name}` (a pytree like task_grads, leading K "
         f"axis on every leaf), e.g. `tx.update(task_grads, state, params, "
-        f"{name}=task_grads_of_batch_2)`. It cannot run in a one-batch training loop.")
+        f"{name}=task_grads_of_batch_2)`. It cannot run in a one-batch training loop: "
+        f"{_PROVIDERS.get(name, name)}.")
   k = validation.num_tasks(task_grads)
   k2 = validation.num_tasks(other, name)
   s1 = jax.tree_util.tree_structure(task_grads)

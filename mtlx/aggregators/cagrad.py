@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import jacobian
 from mtlx import validation
 from mtlx import solvers
 from mtlx.aggregators.gramian_weighting import gramian_weighting
@@ -89,7 +90,7 @@ def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
   uniform = jnp.full((k,), 1.0 / k, dtype)
 
   lip = solvers._lipschitz(g)  # pylint: disable=protected-access
-  n_max = jnp.sqrt(jnp.max(jnp.diag(g)))
+  n_max = jnp.max(jacobian.task_norms(g))
   full = k + solvers.QP_REFINE
 
   # One loop, one QP call site (compiles once): step 0 is the min-norm point

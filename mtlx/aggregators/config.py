@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import jacobian
 from mtlx.aggregators.gramian_weighting import gramian_weighting
 
 
@@ -25,7 +26,7 @@ def config_weights(gramian: jax.Array) -> jax.Array:
   rounding-noise norm would return an arbitrary update (TorchJD returns ≈ 0
   through ``normalize``'s ``1e-12`` floor). An all-zero ``J`` gives zero weights.
   """
-  norms = jnp.sqrt(jnp.maximum(jnp.diag(gramian), 0.0))
+  norms = jacobian.task_norms(gramian)
   inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
   unit_gram = gramian * inv[:, None] * inv[None, :]
   k = gramian.shape[-1]

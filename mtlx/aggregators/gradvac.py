@@ -40,8 +40,7 @@ def gradvac_weights(gramian: jax.Array, targets: jax.Array, orders: jax.Array | 
   k = gramian.shape[-1]
   if orders is None:
     orders = jnp.tile(jnp.arange(k), (k, 1))
-  diag = jnp.diag(gramian)
-  norm_j = jnp.sqrt(jnp.maximum(diag, 0.0))
+  norm_j = jacobian.task_norms(gramian)
   tiny = jnp.finfo(gramian.dtype).tiny
 
   def one_task(i, order, row):

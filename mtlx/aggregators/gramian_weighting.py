@@ -17,6 +17,7 @@ import optax
 
 from mtlx import jacobian
 from mtlx import validation
+from mtlx.aggregators._extras import check_extras
 from mtlx.aggregators._extras import second_batch
 
 # The extra arguments that carry the other batches (not forwarded to a weighting).
@@ -42,7 +43,9 @@ class GramianWeighting(optax.GradientTransformationExtraArgs):
     state_init: ``state_init(num_tasks) -> state`` or ``None`` (stateless).
     num_tasks: K when the state is sized by it, else ``None``.
     extras: names of the keyword extra arguments of ``update`` that ``weight_fn``
-      reads (e.g. ``('task_losses',)``); the others are not passed to it.
+      reads (e.g. ``('task_losses',)``); the others are not passed to it. They are
+      required: a missing one is a ``ValueError`` naming the method, the extra
+      and what passes it, before ``weight_fn`` is called.
     name: the method's name (error messages, logs).
     needs_gramian: False for fixed weightings (linear scalarization, mean) whose
       ``weight_fn`` only reads K from the matrix's shape: the one-backward engine
@@ -51,6 +54,9 @@ class GramianWeighting(optax.GradientTransformationExtraArgs):
   :meth:`weights` is the one call every engine makes: ``(G, state, **extra) ->
   (w, new_state)`` with the checks of ``update``.
   """
+
+  # extras the transform consumes itself before the weighting (never passed to it)
+  _consumed: tuple[str, ...] = ()
 
   def __new__(cls, init, update, weight_fn=None, state_init=None, num_tasks=None,
               extras=(), name="gramian_weighting", needs_gramian=True,
@@ -70,12 +76,15 @@ class GramianWeighting(optax.GradientTransformationExtraArgs):
     """``(w[K], new_state)`` of the weighting for the ``K × K`` matrix ``matrix``.
 
     ``extra`` may hold any keyword extras; those named in :attr:`extras` are passed.
-    Raises ``ValueError`` for a K that differs from ``num_tasks`` or a weight
-    vector of the wrong shape.
+    Raises ``ValueError`` for a K that differs from ``num_tasks``, a missing
+    extra named in :attr:`extras` (naming it and which engine or argument
+    provides it) or a weight vector of the wrong shape.
     """
     k = jax.numpy.shape(matrix)[0]
     validation.check_num_tasks(k, self.num_tasks, self.name)
-    kwargs = {n: extra[n] for n in self.extras if n in extra}
+    reads = tuple(n for n in self.extras if n not in self._consumed)
+    check_extras(extra, reads, self.name)
+    kwargs = {n: extra[n] for n in reads}
     if self.scale_invariant and self.needs_gramian:
       # f(c G) = f(G): read G over a power of two near its largest diagonal entry (exact
       # scaling), the same matrix whichever engine computed G (the Jacobian engine
@@ -98,6 +107,8 @@ class CrossGramianWeighting(GramianWeighting):
   """A :class:`GramianWeighting` whose matrix is the cross matrix ``C = J₁ J₂ᵀ`` of two
   independent mini-batches (MoDo, SDMGrad): it cannot run on one batch's Gramian,
   so only the Jacobian engine (with the extra batches) serves it."""
+
+  _consumed = _BATCHES  # read by the transform (the cross matrix), checked there
 
 
 def _typed(cls, weighting, matrix_of, init, num_tasks, label, extras, scale_invariant=False):
@@ -148,7 +159,10 @@ def gramian_weighting(
       another K raises a ``ValueError`` that names both.
     name: the method's name for error messages.
     extras: names of the keyword extra arguments of ``update`` that ``weighting``
-      reads (e.g. ``('task_losses',)``); only those are passed, when given.
+      reads (e.g. ``('task_losses',)``); only those are passed. They are required:
+      an update without one raises a ``ValueError`` that names the method, the
+      missing extra and which engine or argument provides it (instead of a
+      ``TypeError`` from inside ``weighting``).
     scale_invariant: declare ``f(c² G) = f(G)`` for every ``c > 0`` (weights
       that do not depend on the scale of the rows: UPGrad, MGDA, DualProj,
       IMTL-G, CAGrad, PCGrad, Krum, the mean ...). ``f`` then reads

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import jacobian
 from mtlx.aggregators.gramian_weighting import gramian_weighting
 
 
@@ -46,7 +47,7 @@ def imtl_g_weights(gramian: jax.Array) -> jax.Array:
   diag = jnp.maximum(jnp.diag(g), 0.0)
   scale = jnp.max(diag)
   g = g / jnp.where(scale > 0, scale, jnp.ones_like(scale))
-  n = jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0))
+  n = jacobian.task_norms(g)
   pinv, lam_max = _pinv_psd(g, 32 * k * eps)
   v = pinv @ n
   total = jnp.sum(v)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtlx import jacobian
 from mtlx import solvers
 from mtlx import validation
 from mtlx.aggregators.gramian_weighting import gramian_weighting
@@ -19,7 +20,7 @@ NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 def _normalizers(gramian, normalization, task_losses):
   """The per-task divisor ``n_k`` of MGDA-UB's gradient normalisation."""
-  norms = jnp.sqrt(jnp.maximum(jnp.diag(gramian), 0.0))
+  norms = jacobian.task_norms(gramian)
   if normalization == "none":
     return jnp.ones_like(norms)
   if normalization == "l2":
@@ -94,5 +95,7 @@ def mgda(normalization: str = "none", *,
     return mgda_weights(gramian, normalization=normalization, task_losses=task_losses,
                         max_iters=num_iters)
 
-  return gramian_weighting(weighting, name="mgda", extras=("task_losses",),
+  reads_losses = normalization in ("loss", "loss+")
+  return gramian_weighting(weighting, name="mgda",
+                           extras=("task_losses",) if reads_losses else (),
                            scale_invariant=normalization in ("none", "loss"))

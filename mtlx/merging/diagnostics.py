@@ -14,13 +14,6 @@ from mtlx.merging import ties_merging as ties_lib
 PyTree = Any
 
 
-def _cosine(gram):
-  n = jnp.sqrt(jnp.diag(gram))
-  denom = n[:, None] * n[None, :]
-  zero = denom == 0  # a zero task vector has no direction: cosine 0
-  return jnp.where(zero, 0.0, gram / jnp.where(zero, 1.0, denom))
-
-
 def cosine_similarity(base: PyTree, finetuned: Sequence[PyTree],
                       per_layer: bool = True):
   """Cosine similarity between task vectors, per layer or over the whole model.
@@ -52,9 +45,9 @@ def cosine_similarity(base: PyTree, finetuned: Sequence[PyTree],
     return f @ f.T
 
   if per_layer:
-    return jax.tree_util.tree_map(lambda t: _cosine(gram(t)), tau)
+    return jax.tree_util.tree_map(lambda t: jacobian.cosines(gram(t)), tau)
   grams = [gram(t) for t in jax.tree_util.tree_leaves(tau)]
-  return _cosine(sum(grams[1:], grams[0]))
+  return jacobian.cosines(sum(grams[1:], grams[0]))
 
 
 def sign_conflict_rate(base: PyTree, finetuned: Sequence[PyTree],

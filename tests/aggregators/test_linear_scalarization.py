@@ -38,37 +38,6 @@ def test_non_finite_propagates():
   assert not np.all(np.isfinite(out["x"]))
 
 
-def test_gramian_weighting_wraps_a_pure_function_and_checks_k():
-  rng = np.random.default_rng(0)
-  tg = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=(3, 2))}
-  jac = np.concatenate([tg["a"], tg["b"]], 1)
-
-  def inverse_norm(gramian, *, task_losses):
-    return task_losses / jnp.sqrt(jnp.diag(gramian))
-
-  tx = mtlx.gramian_weighting(inverse_norm, num_tasks=3, extras=("task_losses",))
-  losses = jnp.array([1.0, 2.0, 3.0])
-  out, _ = jax.jit(tx.update)(tg, tx.init(None), task_losses=losses)
-  w = np.array([1.0, 2.0, 3.0]) / np.linalg.norm(jac, axis=1)
-  np.testing.assert_allclose(np.concatenate([out["a"], out["b"]]), w @ jac, rtol=1e-10)
-  with pytest.raises(ValueError, match="num_tasks=3 but the update received K=2"):
-    tx.update({"a": tg["a"][:2], "b": tg["b"][:2]}, tx.init(None), task_losses=losses[:2])
-
-
-def test_gramian_weighting_stateful():
-  def counting(gramian, count):
-    k = gramian.shape[0]
-    return jnp.full((k,), count + 1.0), count + 1
-
-  tx = mtlx.gramian_weighting(counting, init=lambda k: jnp.zeros((), jnp.int32))
-  tg = {"a": jnp.eye(2)}
-  s = tx.init(None)
-  out, s = tx.update(tg, s)
-  out, s = tx.update(tg, s)
-  np.testing.assert_allclose(out["a"], [2.0, 2.0])
-  assert int(s) == 2
-
-
 def test_registry_unknown_names_list_valid_ones():
   with pytest.raises(ValueError, match=r"unknown gradient-space method 'nope'; expected one of \[.*'ls'"):
     mtlx.registry.get_gradient_method("nope")
