@@ -153,8 +153,9 @@ def tol_for(dtype, loose=1.0):
   return (1e-4 if dtype == np.float32 else 1e-9) * loose
 
 
-def check_common(name, prob, *, scale_linear, perm, loose=1.0):
-  """Finite output, K=1 behaviour, linearity under scaling, permutation invariance."""
+def check_common(name, prob, *, scale_linear, perm, loose=1.0, perm_loose=1.0):
+  """Finite output, K=1 behaviour, linearity under scaling, permutation invariance
+  (within ``tol_for(dtype, loose * perm_loose)``)."""
   k, dtype = prob["k"], prob["dtype"]
   jac1 = make_jacobian(prob["family"], k, prob["seed"], prob["scale"]).astype(dtype)
   jac2 = make_jacobian(prob["family"], k, prob["seed"] + 1, prob["scale"]).astype(dtype)
@@ -172,7 +173,8 @@ def check_common(name, prob, *, scale_linear, perm, loose=1.0):
     if name == "pcd":  # task 0 is the primary task: permute the others only
       order = np.concatenate([[0], 1 + np.random.default_rng(prob["seed"]).permutation(k - 1)])
     p1, p2, _ = evaluate(name, jac1[order], jac2[order])
-    assert np.linalg.norm(p2 - o2) <= tol * (np.linalg.norm(o2) + size), (name, prob)
+    assert np.linalg.norm(p2 - o2) <= tol * perm_loose * (np.linalg.norm(o2) + size), (
+        name, prob)
   return jac1, jac2, o1, o2, state
 
 

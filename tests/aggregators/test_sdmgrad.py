@@ -22,11 +22,14 @@ def test_matches_reference(third):
 
 @given(problems())
 def test_properties(prob):
-  # Permutation-equivariant in exact arithmetic; for K = 64 the official fixed
-  # step (5) is far beyond the stability limit and the inner iteration amplifies
-  # rounding, so the check is for K <= 8.
+  # Permutation-equivariant in exact arithmetic; but the official fixed step (5) is
+  # beyond the stability limit of the heavy-ball iteration (η λ_max(Ĉ) > 2 for most
+  # draws), which amplifies rounding: about 1.6x a step, so 40 steps take float64's
+  # 1e-16 to ~3e-8 (seed 54070, K = 5, a duplicated row, at every scale). The check is
+  # therefore to 1e-7 (float64) / 1e-2 (float32), and for K <= 8 only (K = 64 is
+  # further beyond the limit).
   jac1, _, o1, o2, state = check_common("sdmgrad", prob, scale_linear=True,
-                                        perm=prob["k"] <= 8)
+                                        perm=prob["k"] <= 8, perm_loose=100.0)
   w = np.asarray(state.weights, np.float64)
   assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-5
   if prob["k"] == 1:
