@@ -313,12 +313,16 @@ def config_changes(stored: dict, new: dict, *, allow_optimizer_change: bool = Fa
 
   Returns ``{key: [stored, new]}`` for the keys that may change. Raises one
   ``ValueError`` listing every key that may not (``config.<key>: stored -> new``).
+  A key on one side only, set to an off value (0, '', False, None) on the other, is
+  no change: the trainer reads an absent key as off, so a run stored before a
+  feature's key existed resumes with the feature off.
   """
   a, b = _flat(stored), _flat(new)
   changes, refused = {}, []
   for key in sorted(set(a) | set(b)):
     old, cur = a.get(key, "<absent>"), b.get(key, "<absent>")
-    if old == cur:
+    if old == cur or ((key not in a or key not in b)
+                      and not (cur if key not in a else old)):
       continue
     top = key.split(".", 1)[0]
     if top in MUTABLE_ON_RESUME or (allow_optimizer_change and top in OPTIMIZER_KEYS):

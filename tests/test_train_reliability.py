@@ -138,6 +138,18 @@ def test_resume_rules_and_non_finite_stop(data_dir, tmp_path):
                                          learning_rate=2e-3))
 
 
+def test_config_changes_reads_an_absent_key_as_off():
+  stored = {"method": "upgrad", "learning_rate": 1e-3}
+  # a key the stored run predates, set to its off value: no change
+  assert train_exp.config_changes(
+      stored, dict(stored, affinity_every=0, flat_regions={"rho": 0.0}, focal_gamma=0.0)) == {}
+  # ... but turned on, it is refused, naming the key and both values
+  with pytest.raises(ValueError, match=r"config\.flat_regions\.rho: '<absent>' -> 0\.05"):
+    train_exp.config_changes(stored, dict(stored, flat_regions={"rho": 0.05}))
+  with pytest.raises(ValueError, match=r"config\.method: 'upgrad' -> 'mgda'"):
+    train_exp.config_changes(stored, dict(stored, method="mgda"))
+
+
 def test_non_finite_loss_stops_the_run(data_dir, tmp_path):
   config = _config(data_dir, tmp_path / "run", learning_rate=1e30, optimizer="sgd",
                    momentum=0.0, num_steps=40, checkpoint_every=1, keep_checkpoints=50)
