@@ -198,6 +198,10 @@ def check_numbers(config) -> None:
   check(config.extra_batches, "config.extra_batches", low=0, integer=True)
   check(config.chunk_size, "config.chunk_size", low=0, integer=True)
   check(config.seed, "config.seed", integer=True)
+  # Transformers: the MoE balance loss's weight, outside the K task losses (0: off).
+  check(config.get("moe_aux_weight", 0.0), "config.moe_aux_weight", low=0)
+  check(parse_kwargs(config.model_kwargs).get("dropout", 0.0), "config.model_kwargs.dropout",
+        low=0, high=1, high_open=True)
   for key, value in parse_kwargs(config.model_kwargs).items():
     values = value if isinstance(value, (list, tuple)) else [value]
     for v in values:
@@ -347,6 +351,8 @@ def _train_row(info: dict, names) -> dict:
     row[f"loss/{n}"] = float(info["losses"][i])
     row[f"weight/{n}"] = float(info["weights"][i])
   row["grad_norm"] = float(info["grad_norm"])
+  if "aux_loss" in info:  # e.g. the weighted MoE balance loss (config.moe_aux_weight)
+    row["aux_loss"] = float(info["aux_loss"])
   if "weights_exact" in info:  # 1: the weights the methods used; 0: a least-squares fit
     row["weights_exact"] = float(info["weights_exact"])
   if "cosines" in info and len(names) > 1:
@@ -452,7 +458,9 @@ def build_trainer(config, info, tasks, mesh, example_batch=None):
       mesh=mesh, param_rule=_mesh_option(config, "param_rule", "fsdp"),
       shard_tasks=bool(_mesh_option(config, "shard_tasks", True)),
       min_size=int(_mesh_option(config, "min_size", 2 ** 10)),
-      method_groups=config.get("method_groups") or None)
+      method_groups=config.get("method_groups") or None,
+      aux_loss_weight=float(config.get("moe_aux_weight", 0.0)),
+      dropout_rng=float(model_kwargs(config).get("dropout", 0.0)) > 0)
   return trainer, params
 
 

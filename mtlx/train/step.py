@@ -63,6 +63,7 @@ from mtlx.loss_weighting.base import LossWeighting
 from mtlx.loss_weighting.base import scale_rows
 from mtlx import validation
 from mtlx.train import losses as losses_lib
+from mtlx.train import step_hooks
 from mtlx import metrics as metrics_lib
 
 ENGINES = ("one_backward", "gramian", "jacobian", "representation")
@@ -312,7 +313,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
               chunk_size: int | None = None, extra_batches: int = 0,
               mesh: Any = None, param_rule: str = "fsdp", shard_tasks: bool = True,
               min_size: int = 2 ** 10, donate: bool = False,
-              label: str | None = None) -> Step:
+              label: str | None = None, has_aux: bool = False,
+              takes_rng: bool = False) -> Step:
   """The jitted MTO train step ``(state, batch) -> (state, info)`` of any engine.
 
   Args:
@@ -340,6 +342,16 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     param_rule / shard_tasks / min_size: see :func:`mtlx.sharding.step_shardings`.
     donate: donate the state's buffers to the step.
     label: the methods' names for messages and the log (e.g. ``"dwa+upgrad"``).
+    has_aux: ``loss_fn`` returns ``(losses[K], aux dict)``; a scalar
+      ``aux["aux_loss"]`` (e.g. the MoE load-balancing loss) is added to the
+      objective with weight 1, outside the K task losses: its gradient is added to
+      the update on every engine (folded into the one VJP of ``one_backward`` and
+      ``gramian``; one extra forward + backward on ``jacobian`` and
+      ``representation``) and its value is ``info["aux_loss"]``
+      (:mod:`mtlx.train.step_hooks`).
+    takes_rng: ``loss_fn(params, batch, key)`` (and ``representation.encode(enc,
+      batch, key)``) with ``key = jax.random.split(state.rng)[1]`` each step: the
+      dropout key, fresh every step and restored exactly on resume.
 
   Raises:
     ValueError: before anything is built, for an engine that cannot serve the
@@ -350,8 +362,11 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     raise ValueError(f"extra_batches={extra_batches}; expected 0, 1 or 2.")
   loss_txs = _loss_list(loss_tx)
   kw = dict(extra_batches=extra_batches, representation=representation is not None)
+  hooks = dict(has_aux=has_aux, takes_rng=takes_rng)
   if engine == "auto":
-    engine = choose_engine(loss_txs, grad_tx, loss_fn=loss_fn, params=params,
+    auto_fn = loss_fn if example_batch is None else step_hooks.bind(
+        loss_fn, jax.random.PRNGKey(0), params, example_batch, **hooks).task_losses
+    engine = choose_engine(loss_txs, grad_tx, loss_fn=auto_fn, params=params,
                            example_batch=example_batch, **kw)
     logging.info("engine='auto' chose %r for %s", engine,
                  label or "+".join([_name(t) for t in loss_txs] + [_name(grad_tx)]))
@@ -394,7 +409,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
 
   def init(p, example, seed: int = 0) -> TrainState:
     if sh is not None:
-      sh.check_num_tasks(int(jax.eval_shape(loss_fn, p, parts(example)[0]).shape[0]))
+      sh.check_num_tasks(step_hooks.num_tasks(loss_fn, p, parts(example)[0], **hooks))
     loss_state = tuple(t.init(p) for t in loss_txs)
     if engine == "representation":
       z = jax.eval_shape(representation.encode, p["encoder"], parts(example)[0])
@@ -445,8 +460,10 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     batch, *others = parts(batch)
     p = state.params
     info = {}
+    hook = step_hooks.bind(loss_fn, state.rng, p, batch, **hooks)  # loss_fn without hooks
+    aux_loss = None
     if engine == "one_backward":
-      losses, vjp = jax.vjp(lambda q: loss_fn(q, batch), p)
+      losses, vjp, aux_loss = hook.vjp(p, batch)
       v, loss_state = loss_weights(state.loss_state, losses)
       k = losses.shape[0]
       u, grad_state = grad_tx.weights(jnp.zeros((k, k), v.dtype), state.grad_state,
@@ -455,18 +472,18 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       grads = vjp(w)[0]
       exact = True
     elif engine == "gramian":
-      losses, gram = autogram.value_and_gramian(loss_fn)(p, batch)
+      losses, gram = autogram.value_and_gramian(hook.task_losses)(p, batch)
       gram = replicate(gram)
       v, loss_state = loss_weights(state.loss_state, losses)
       vv = v.astype(gram.dtype)
       u, grad_state = grad_tx.weights(gram * vv[:, None] * vv[None, :], state.grad_state,
                                       task_losses=losses)
       w = v * u.astype(v.dtype)
-      grads = autogram.weighted_grad(loss_fn)(p, w, batch)
+      grads, aux_loss = hook.weighted_grad(p, w, batch)
       info["cosines"] = jacobian.cosines(gram)
       exact = True
     elif engine == "jacobian":
-      vjac = jacobian.value_and_jacobian(loss_fn, chunk_size=chunk_size)
+      vjac = jacobian.value_and_jacobian(hook.task_losses, chunk_size=chunk_size)
       losses, tg = vjac(p, batch)
       tg = constrain(tg, sh.task_grads) if sh is not None else tg
       extra = {}
@@ -480,8 +497,9 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       w = v * u.astype(v.dtype) if exact else span_weights(gram, tg, grads)
       info["cosines"] = jacobian.cosines(gram)
     else:
+      rep = step_hooks.bind_representation(representation, hook.key)
       rj = jacobian.value_and_representation_jacobian(
-          representation.encode, representation.heads, chunk_size=chunk_size)(
+          rep.encode, rep.heads, chunk_size=chunk_size)(
               p["encoder"], p["decoder"], batch, batch)
       losses = rj.losses
       v, loss_state = loss_weights(state.loss_state, losses)
@@ -492,6 +510,11 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       exact = u is not None
       w = v * u.astype(v.dtype) if exact else span_weights(gram, rj.rep_grads, d_z)
       info["cosines"] = jacobian.cosines(gram)
+    if hook.has_aux_loss and aux_loss is None:  # jacobian, representation: one more VJP
+      aux_loss, aux_grads = hook.aux_value_and_grad(p, batch)
+      grads = step_hooks.add_grads(grads, aux_grads)
+    if aux_loss is not None:
+      info["aux_loss"] = aux_loss
     if sh is not None:
       grads = constrain(grads, sh.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, p)
@@ -581,7 +604,8 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  example_batch: Any = None, chunk_size: int | None = None,
                  path: str | None = None, extra_batches: int = 0, mesh: Any = None,
                  param_rule: str = "fsdp", shard_tasks: bool = True,
-                 min_size: int = 2 ** 10, method_groups: dict | None = None) -> Trainer:
+                 min_size: int = 2 ** 10, method_groups: dict | None = None,
+                 aux_loss_weight: float = 0.0, dropout_rng: bool = False) -> Trainer:
   """The jitted train step (:func:`make_step`) and eval function of a multi-task model.
 
   Args:
@@ -604,6 +628,13 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
       gradient-space method (registry defaults), the others ``method``
       (:func:`mtlx.partition`; Jacobian engine). E.g. ``{"upgrad": "encoder/fuse",
       "ls": "decoder"}`` (FULLER: calibrate at the last shared layer).
+    aux_loss_weight: ``> 0`` adds ``aux_loss_weight × Σ`` of the model's auxiliary
+      outputs (``'aux/...'``, :func:`mtlx.models.aux_losses`, e.g. the MoE
+      load balance) to the objective, outside the K task losses
+      (``make_step(has_aux=True)``; Switch Transformer: 0.01). 0: not trained.
+    dropout_rng: call the model with ``dropout_key=`` the step's key
+      (``make_step(takes_rng=True)``): dropout is active in training steps,
+      not in ``eval_stats``.
 
   Raises:
     ValueError: for unknown names or keyword arguments, or an engine that cannot
@@ -631,11 +662,15 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
     return losses_lib.task_losses(tasks, fns.decode(dec_params, z, batch[input_key]), batch)
 
   rep = Representation(lambda enc, batch: fns.encode(enc, batch[input_key]), heads_fn)
-  st = make_step(loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optimizer,
+  step_loss_fn, rep, hooks = step_hooks.trainer_loss_fns(
+      tasks, fns, input_key, aux_loss_weight=aux_loss_weight, dropout_rng=dropout_rng,
+      default=(loss_fn, rep))
+  st = make_step(step_loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optimizer,
                  engine=engine, params=params, example_batch=example_batch,
                  representation=rep, chunk_size=chunk_size, extra_batches=extra_batches,
                  mesh=mesh, param_rule=param_rule, shard_tasks=shard_tasks,
-                 min_size=min_size, label=f"weighting={weighting!r}, method={method!r}")
+                 min_size=min_size, label=f"weighting={weighting!r}, method={method!r}",
+                 **hooks)
   if st.shardings is not None:
     st.shardings.check_num_tasks(k)
   replicate = (lambda t: t) if st.shardings is None else (
