@@ -122,3 +122,20 @@ def test_trainer_wrong_mesh_fails_before_training(results):
   err = results["trainer"]["bad_mesh_error"]
   assert err and "data=2 x model=2 x task=1 = 4 devices" in err and "8 device(s)" in err
   assert results["trainer"]["bad_mesh_wrote_nothing"]
+
+
+def test_transformers_train_on_a_mesh_with_every_engine(results):
+  """vit-tiny (MoE + balance loss + dropout) and gpt-tiny (dropout) from
+  configs/vit.py and configs/gpt.py through experiments.train's build_trainer: 3 steps
+  on 4x2 (FSDP over the kernels, batch over data) give the one-device params."""
+  tr = results["transformers"]
+  engines = ("one_backward", "gramian", "jacobian", "representation")
+  assert set(tr) == {f"{m}/{e}" for m in ("vit", "gpt") for e in engines}
+  for key, r in tr.items():
+    assert r["engine"] == key.split("/")[1], (key, r)
+    assert r["finite"] and r["max_rel"] <= 1e-5, (key, r)
+    assert r["fsdp_leaves"] >= 4, (key, r)  # attention and MLP kernels split over model
+    if key.startswith("vit/"):  # the MoE balance loss is in the step (weight 0.01)
+      assert r["aux_loss"] is not None and r["aux_loss"] >= 0.01 * (1 - 1e-3), (key, r)
+    else:
+      assert r["aux_loss"] is None, (key, r)
