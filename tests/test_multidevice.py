@@ -37,7 +37,7 @@ def eight_device_results(script, timeout):
 
 @pytest.fixture(scope="module")
 def results():
-  return eight_device_results(SCRIPT, timeout=900)[1]
+  return eight_device_results(SCRIPT, timeout=1200)[1]
 
 
 def test_eight_devices(results):
