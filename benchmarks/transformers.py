@@ -8,7 +8,14 @@ Two modes (a script, not a test; prints markdown tables, ``--out`` appends them)
              the same run, on the local devices::
 
                python benchmarks/transformers.py run --models vit,gpt --presets tiny \\
-                   --ks 2,8,32 [--dtype bfloat16]
+                   --ks 2,8,32 [--dtype bfloat16] [--devices 8]
+
+             ``--devices N`` (N > 1): the same on N emulated CPU devices
+             (``--xla_force_host_platform_device_count``): the batch split over them
+             and the params, Adam state and method state FSDP-sharded over the same
+             axis (leaves of at least 2¹⁰ scalars, largest divisible dimension).
+             The emulated devices share this machine's cores: the ratios say what
+             sharding adds to each engine, not what a pod would run at.
 
 ``compile``  compile only (no run) the UPGrad step of every engine, and the LS
              one-backward step, for large presets on meshes of emulated CPU devices
@@ -51,6 +58,7 @@ def _parse():
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--specs", default="vit:B/16,gpt:small,gpt:xl")
   ap.add_argument("--meshes", default="8")
+  ap.add_argument("--devices", type=int, default=1)
   ap.add_argument("--out", default="")
   return ap.parse_args()
 
@@ -60,6 +68,10 @@ if ARGS is not None and ARGS.mode == "compile":
   n_dev = max(int(m) for m in ARGS.meshes.split(","))
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={n_dev}")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if ARGS is not None and ARGS.mode == "run" and ARGS.devices > 1:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={ARGS.devices}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -227,14 +239,24 @@ def run_mode(args):
         fns, params, spec, loss_fn, heads_fn = make_problem(name, preset, k, args.batch,
                                                             args.dtype)
         batch = concrete(spec, np.random.default_rng(1))
+        place = lambda tree: tree  # noqa: E731
+        if args.devices > 1:  # FSDP over all devices, the batch split over them
+          mesh = Mesh(np.asarray(jax.devices()[:args.devices]), ("fsdp",))
+          place = lambda tree: jax.tree_util.tree_map(  # noqa: E731
+              lambda a: jax.device_put(a, NamedSharding(
+                  mesh, fsdp_spec(a.shape, args.devices, 2 ** 10))), tree)
+          params = place(params)
+          batch = jax.tree_util.tree_map(lambda a: jax.device_put(a, NamedSharding(
+              mesh, P("fsdp", *([None] * (a.ndim - 1))))), batch)
         base_t = base_m = None
         for engine, method in combos(methods, engines):
           step, opt, ms = make_step(engine, method, k, fns, loss_fn, heads_fn, params)
-          o = opt.init(params)
+          o = place(opt.init(params))
           if ms is None:
             z = jax.eval_shape(fns.encode, params["encoder"], batch["x"])
             ms = grad_tx(method, k).init(jax.tree_util.tree_map(
                 lambda s: jnp.zeros(s.shape, s.dtype), z))
+          ms = place(ms)
           compiled = jax.jit(step).lower(params, o, ms, batch).compile()
           mem = compiled.memory_analysis()
           m = mem.argument_size_in_bytes + mem.temp_size_in_bytes
@@ -276,9 +298,9 @@ def collective_bytes(hlo: str) -> dict:
   return out
 
 
-def fsdp_spec(shape, n):
+def fsdp_spec(shape, n, min_size=2 ** 14):
   """Shard the largest dim divisible by ``n`` over 'fsdp' (replicate small leaves)."""
-  if int(np.prod(shape)) < 2 ** 14:
+  if int(np.prod(shape)) < min_size:
     return P()
   dims = sorted(range(len(shape)), key=lambda a: -shape[a])
   for a in dims:

@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
       "moe_every": 2, "moe_task_routers": False, "dropout": 0.0})
   c.compute_dtype = "float32"  # float32 | bfloat16 (params, opt state, losses stay float32)
   c.remat = False            # rematerialise each transformer block
+  # Switch Transformer's load-balancing loss weight (with model_kwargs.moe_experts > 0):
+  # added to the step's objective outside the K task losses, logged as aux_loss.
+  c.moe_aux_weight = 0.01
   c.batch_size = 64
   c.num_steps = 500
   c.workdir = "runs/gpt"

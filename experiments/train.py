@@ -244,6 +244,10 @@ def check_numbers(config) -> None:
   check(config.get("affinity_every", 0) or 0, "config.affinity_every", low=0, integer=True)
   check(config.get("affinity_learning_rate", 0.0) or 0.0, "config.affinity_learning_rate",
         low=0)
+  # Transformers: the MoE balance loss's weight, outside the K task losses (0: off).
+  check(config.get("moe_aux_weight", 0.0), "config.moe_aux_weight", low=0)
+  check(parse_kwargs(config.model_kwargs).get("dropout", 0.0), "config.model_kwargs.dropout",
+        low=0, high=1, high_open=True)
   for key, value in parse_kwargs(config.model_kwargs).items():
     values = value if isinstance(value, (list, tuple)) else [value]
     for v in values:
@@ -397,6 +401,8 @@ def _train_row(info: dict, names) -> dict:
     row[f"loss/{n}"] = float(info["losses"][i])
     row[f"weight/{n}"] = float(info["weights"][i])
   row["grad_norm"] = float(info["grad_norm"])
+  if "aux_loss" in info:  # e.g. the weighted MoE balance loss (config.moe_aux_weight)
+    row["aux_loss"] = float(info["aux_loss"])
   if "weights_exact" in info:  # 1: the weights the methods used; 0: a least-squares fit
     row["weights_exact"] = float(info["weights_exact"])
   if "cosines" in info and len(names) > 1:
@@ -505,7 +511,9 @@ def build_trainer(config, info, tasks, mesh, example_batch=None):
       method_groups=config.get("method_groups") or None,
       calibrate_branches=config.get("calibrate_branches", "") or "",
       flat_regions_rho=flat_regions_rho(config), rep_mtl=rep_mtl_kwargs(config),
-      focal_gamma=float(config.get("focal_gamma", 0.0) or 0.0))
+      focal_gamma=float(config.get("focal_gamma", 0.0) or 0.0),
+      aux_loss_weight=float(config.get("moe_aux_weight", 0.0)),
+      dropout_rng=float(model_kwargs(config).get("dropout", 0.0)) > 0)
   return trainer, params
 
 

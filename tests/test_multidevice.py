@@ -37,7 +37,7 @@ def eight_device_results(script, timeout):
 
 @pytest.fixture(scope="module")
 def results():
-  return eight_device_results(SCRIPT, timeout=900)[1]
+  return eight_device_results(SCRIPT, timeout=1200)[1]
 
 
 def test_eight_devices(results):
@@ -130,3 +130,20 @@ def test_mixture_run_on_mesh_matches_one_device(results):
   mx = results["mixture"]
   assert mx["params_rel_4x2_vs_1"] <= 1e-5, mx
   assert [tuple(b) for b in mx["data_row_blocks"]] == [(0, 4), (4, 8), (8, 12), (12, 16)], mx
+
+
+def test_transformers_train_on_a_mesh_with_every_engine(results):
+  """vit-tiny (MoE + balance loss + dropout) and gpt-tiny (dropout) from
+  configs/vit.py and configs/gpt.py through experiments.train's build_trainer: 3 steps
+  on 4x2 (FSDP over the kernels, batch over data) give the one-device params."""
+  tr = results["transformers"]
+  engines = ("one_backward", "gramian", "jacobian", "representation")
+  assert set(tr) == {f"{m}/{e}" for m in ("vit", "gpt") for e in engines}
+  for key, r in tr.items():
+    assert r["engine"] == key.split("/")[1], (key, r)
+    assert r["finite"] and r["max_rel"] <= 1e-5, (key, r)
+    assert r["fsdp_leaves"] >= 4, (key, r)  # attention and MLP kernels split over model
+    if key.startswith("vit/"):  # the MoE balance loss is in the step (weight 0.01)
+      assert r["aux_loss"] is not None and r["aux_loss"] >= 0.01 * (1 - 1e-3), (key, r)
+    else:
+      assert r["aux_loss"] is None, (key, r)

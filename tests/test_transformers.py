@@ -1,9 +1,20 @@
-"""mtlx.models.vit / gpt: shapes, causality, LoRA, sparse MoE, bf16, dropout, and the
-Gramian-only engine against the Jacobian engine on both (tiny presets)."""
+"""mtlx.models.vit / gpt: shapes, causality, LoRA, sparse MoE, bf16, dropout, the
+Gramian-only engine against the Jacobian engine on both, the step's auxiliary loss and
+dropout key (``make_step(has_aux=, takes_rng=)``) on every engine, and
+``experiments/train.py`` runs.
+
+Kept cheap: the tiniest shapes (depth 1, width 16, 8 tokens), every model built and
+its ``apply`` jitted once per module (``_build`` is cached), one data set for the
+trainer runs.
+"""
+
+import functools
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import mtlx
@@ -15,7 +26,9 @@ from mtlx.train import losses as losses_lib
 from tests.reference import transformers_ref as ref
 
 IMG = (8, 12, 1)
-SEQ = (16,)
+SEQ = (8,)
+TINY = {"dim": 16, "depth": 1, "heads": 2}  # overrides of the tiny preset
+D = TINY["dim"]
 TASKS = (TaskSpec("a", "classification", 3, (), (), "a"),
          TaskSpec("b", "regression", 2, (), (), "b"),
          TaskSpec("c", "classification", 4, (), (), "c"))
@@ -29,7 +42,14 @@ def _batch(rng, n=4, tokens=False):
 
 
 def _build(name, dtype="float32", **kw):
-  """(fns, params) of a tiny model; ``fns.apply`` is jitted (eager is slow)."""
+  """(fns, params) of a tiny model; ``fns.apply`` is jitted (eager is slow). Cached:
+  tests that build the same model share it and its compiled functions."""
+  return _build_cached(name, dtype, tuple(sorted(kw.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _build_cached(name, dtype, kw):
+  kw = dict(TINY, **dict(kw))
   shape = IMG if name == "vit" or kw.get("vocab_size") == 0 else SEQ
   fns, params = models.split(models.get_model(name, input_shape=shape, tasks=TASKS,
                                               dtype=dtype, **kw))
@@ -47,11 +67,11 @@ def _loss_fn(fns):
 
 
 @pytest.mark.parametrize("name,kw,z_shape", [
-    ("vit", {}, (5, 32)),
-    ("vit", {"pool": "mean", "lora_rank": 2}, (3, 5, 32)),
-    ("gpt", {}, (5, 32)),
-    ("gpt", {"vocab_size": 0}, (5, 32)),
-    ("gpt", {"head": "lm"}, (5, 16, 32)),
+    ("vit", {}, (5, D)),
+    ("vit", {"pool": "mean", "lora_rank": 2}, (3, 5, D)),
+    ("gpt", {}, (5, D)),
+    ("gpt", {"vocab_size": 0}, (5, D)),
+    ("gpt", {"head": "lm"}, (5, 8, D)),
 ])
 def test_forward_shapes(name, kw, z_shape):
   fns, p = _build(name, **kw)
@@ -60,19 +80,19 @@ def test_forward_shapes(name, kw, z_shape):
   assert z.shape == z_shape
   out = fns.apply(p, x)
   if kw.get("head") == "lm":
-    assert out["lm"].shape == (5, 16, 64) and out["lm"].dtype == jnp.float32
+    assert out["lm"].shape == (5, 8, 64) and out["lm"].dtype == jnp.float32
   else:
     assert {k: v.shape for k, v in out.items()} == {"a": (5, 3), "b": (5, 2), "c": (5, 4)}
 
 
 def test_gpt_is_causal():
   fns, p = _build("gpt", head="lm")
-  x = np.random.default_rng(1).integers(0, 64, (2, 16))
+  x = np.random.default_rng(1).integers(0, 64, (2, 8))
   y = x.copy()
-  y[:, 9] = (y[:, 9] + 7) % 64
+  y[:, 5] = (y[:, 5] + 7) % 64
   a, b = fns.apply(p, x)["lm"], fns.apply(p, y)["lm"]
-  np.testing.assert_array_equal(a[:, :9], b[:, :9])  # earlier positions: bit-identical
-  assert np.abs(a[:, 9:] - b[:, 9:]).max() > 1e-4
+  np.testing.assert_array_equal(a[:, :5], b[:, :5])  # earlier positions: bit-identical
+  assert np.abs(a[:, 5:] - b[:, 5:]).max() > 1e-4
   # task heads read the last position: it sees the change
   fns_t, pt = _build("gpt")
   assert np.abs(fns_t.apply(pt, x)["a"] - fns_t.apply(pt, y)["a"]).max() > 1e-6
@@ -143,13 +163,13 @@ def test_moe_routes_top_k_and_balance_loss_matches_numpy():
 
 
 def test_moe_model_returns_aux_outside_task_losses():
-  fns, p = _build("vit", moe_experts=4, moe_top_k=2, moe_task_routers=True)
+  fns, p = _build("vit", moe_experts=4, moe_top_k=2, moe_every=1, moe_task_routers=True)
   x, labels = _batch(np.random.default_rng(5))
   out = fns.apply(p, x)
   aux = models.aux_losses(out)
   assert set(aux) == {"aux/moe_balance"} and float(aux["aux/moe_balance"]) >= 1.0 - 1e-6
   assert losses_lib.task_losses(TASKS, out, labels).shape == (3,)
-  assert p["encoder"]["stack"]["blocks"][1]["mlp"]["router"].shape == (3, 32, 4)
+  assert p["encoder"]["stack"]["blocks"][0]["mlp"]["router"].shape == (3, D, 4)
 
 
 def test_lm_task_losses_matches_numpy():
@@ -203,17 +223,19 @@ def test_bad_arguments():
     _build("gpt", dtype="float16")
   with pytest.raises(ValueError, match="patch_size=5"):
     _build("vit", patch_size=5)
-  with pytest.raises(ValueError, match="max_len=8"):
-    _build("gpt", max_len=8)
+  with pytest.raises(ValueError, match="max_len=4"):
+    _build("gpt", max_len=4)
   with pytest.raises(ValueError, match="not divisible by heads=3"):
     _build("vit", heads=3)
   with pytest.raises(ValueError, match="tie_embeddings"):
     _build("gpt", tie_embeddings=True)
 
 
-LORA_MOE = {"lora_rank": 2, "moe_experts": 4, "moe_task_routers": True, "remat": True}
-CASES = [("vit", {}, "float64", 1e-9), ("gpt", {}, "float64", 1e-9),
-         ("vit", LORA_MOE, "float64", 1e-9), ("gpt", {}, "float32", 1e-4)]
+LORA_MOE = {"lora_rank": 2, "moe_experts": 4, "moe_every": 1, "moe_task_routers": True,
+            "remat": True}
+# vit float64 with LoRA + MoE + remat (its plain kernels are those of the plain vit).
+CASES = [("gpt", {}, "float64", 1e-9), ("vit", LORA_MOE, "float64", 1e-9),
+         ("gpt", {}, "float32", 1e-4)]
 
 LAYER_LEAVES = ("kernel", "lora_a", "lora_b", "w1", "w2", "router", "wte")
 
@@ -243,8 +265,8 @@ def test_gramian_engine_equals_jacobian_engine(name, kw, dtype, tol):
 def test_gramian_engine_tied_lm_and_forced_ghost():
   fns, p = _build("gpt", dtype="float64", head="lm", tie_embeddings=True)
   rng = np.random.default_rng(10)
-  x = rng.integers(0, 64, (3, 16))
-  masks = rng.integers(0, 2, (3, 3, 16))
+  x = rng.integers(0, 64, (3, 8))
+  masks = rng.integers(0, 2, (3, 3, 8))
 
   def loss_fn(q, x, masks):
     return models.lm_task_losses(fns.apply(q, x)["lm"][:, :-1], x[:, 1:], masks[:, :, 1:])
@@ -258,24 +280,173 @@ def test_gramian_engine_tied_lm_and_forced_ghost():
   assert set(plan.methods.values()) == {"ghost"}
 
 
-@pytest.mark.parametrize("config_name,overrides", [
-    ("vit", {"method": "upgrad", "compute_dtype": "bfloat16"}),
-    ("gpt", {"method": "ls", "weighting": "famo", "remat": True}),
-    ("gpt", {"method": "upgrad", "rep_grad": True, "num_steps": 2, "eval_every": 2,
-             "checkpoint_every": 2, "log_every": 1}),
-])
-def test_experiments_train_runs_tiny(tmp_path, config_name, overrides):
+# --- the step's auxiliary loss and dropout key (make_step(has_aux=, takes_rng=)) -------
+
+HOOK_MODEL = {"moe_experts": 4, "moe_every": 1, "moe_task_routers": True, "dropout": 0.2}
+HOOK_ENGINES = {"one_backward": "ls", "gramian": "upgrad", "jacobian": "upgrad",
+                "representation": "upgrad"}
+# The optimizer keeps the step's gradient as its state (and leaves the params alone):
+# the gradient is read exactly, not through params - lr * grad.
+KEEP_GRADS = optax.GradientTransformation(
+    lambda p: jax.tree_util.tree_map(jnp.zeros_like, p),
+    lambda g, s, p=None: (jax.tree_util.tree_map(jnp.zeros_like, g), g))
+
+
+@functools.lru_cache(maxsize=None)
+def _hook_model(dtype):
+  """(loss_fn, representation, hooks, params, batch, reference) of the MoE + dropout
+  ViT through make_trainer's loss function (aux weight 0.5); ``reference(params, w,
+  aux_weight, key)`` is the jitted ∇(Σ_k w_k L_k + aux_weight · aux) (one compile per
+  dtype, shared by the engines)."""
+  from mtlx.train import step_hooks
+  fns, params = _build("vit", dtype=dtype, **HOOK_MODEL)
+  loss_fn, rep, hooks = step_hooks.trainer_loss_fns(TASKS, fns, "x", aux_loss_weight=0.5,
+                                                    dropout_rng=True)
+  assert hooks == {"has_aux": True, "takes_rng": True}
+  x, labels = _batch(np.random.default_rng(11))
+  batch = dict(labels, x=x.astype(dtype))
+  batch["b"] = batch["b"].astype(dtype)
+
+  @jax.jit
+  def reference(q, w, aux_weight, key):
+    def objective(q):
+      losses, aux = loss_fn(q, batch, key)
+      return jnp.dot(w, losses) + aux_weight * aux["aux_loss"]
+    return jax.grad(objective)(q), loss_fn(q, batch, key)
+
+  return loss_fn, rep, hooks, params, batch, reference
+
+
+@functools.lru_cache(maxsize=None)
+def _hook_step(engine, dtype):
+  """(step, loss_fn, params, batch, reference) on ``engine`` (:func:`_hook_model`)."""
+  loss_fn, rep, hooks, params, batch, reference = _hook_model(dtype)
+  loss_tx, grad_tx = mtlx.train.build_mto(HOOK_ENGINES[engine], "none", len(TASKS))
+  st = mtlx.train.make_step(loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=KEEP_GRADS,
+                            engine=engine, representation=rep, **hooks)
+  return st, loss_fn, params, batch, reference
+
+
+def _rel(a, b):
+  """max |a - b| / max |b| over the whole pytree."""
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(la, lb)) / \
+      max(float(np.max(np.abs(np.asarray(y)))) for y in lb)
+
+
+# float64 on every engine; float32 on the Jacobian engine, whose update sums K
+# per-task rows (the others take one VJP of the same objective as the reference).
+@pytest.mark.parametrize("engine,dtype,tol", [(e, "float64", 1e-10) for e in HOOK_ENGINES]
+                         + [("jacobian", "float32", 1e-6)])
+def test_aux_loss_gradient_is_in_the_update_on_every_engine(engine, dtype, tol):
+  """update = ∇(Σ_k w_k L_k + aux) with the step's weights and dropout key (the
+  representation engine's heads get ∇ Σ_k L_k + aux, LibMTL's rep_grad)."""
+  from mtlx.train import step_hooks
+  st, loss_fn, params, batch, reference = _hook_step(engine, dtype)
+  state = st.init(params, batch, 3)
+  new, info = st.step(state, batch)
+  key = step_hooks.dropout_key(state.rng)
+  w = jnp.asarray(info["weights"], dtype)
+  assert bool(info["weights_exact"])
+
+  want, (losses, aux) = reference(params, w, 1.0, key)
+  if engine == "representation":
+    want["decoder"] = reference(params, jnp.ones_like(w), 1.0, key)[0]["decoder"]
+  assert _rel(new.opt_state, want) <= tol
+  # the aux term's gradient is not negligible: without it the update is far off
+  assert _rel(reference(params, w, 0.0, key)[0], want) > 1e-3
+  np.testing.assert_allclose(info["losses"], losses, rtol=tol)
+  np.testing.assert_allclose(info["aux_loss"], aux["aux_loss"], rtol=tol)
+  assert float(info["aux_loss"]) >= 0.5 * (1.0 - 1e-6)  # 0.5 x balance loss >= 0.5
+
+
+def test_dropout_masks_differ_across_steps_and_repeat_from_the_same_state():
+  st, loss_fn, params, batch, _ = _hook_step("jacobian", "float64")
+  s0 = st.init(params, batch, 0)
+  s1, i1 = st.step(s0, batch)   # KEEP_GRADS: the params do not move
+  s2, i2 = st.step(s1, batch)
+  assert np.abs(np.asarray(i1["losses"]) - np.asarray(i2["losses"])).max() > 1e-4
+  # the same state (a restored checkpoint) gives the same masks, bit for bit
+  restored = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), s1)
+  _, i2b = st.step(restored, batch)
+  np.testing.assert_array_equal(i2b["losses"], i2["losses"])
+  np.testing.assert_array_equal(i2b["aux_loss"], i2["aux_loss"])
+  # the next state key is split(rng)[0], as without the hook
+  np.testing.assert_array_equal(s1.rng, jax.random.split(s0.rng)[0])
+
+
+def test_no_hooks_is_the_plain_step():
+  """has_aux / takes_rng off: make_trainer's loss function is untouched."""
+  from mtlx.train import step_hooks
+  fns, _ = _build("vit")
+  default = (object(), object())
+  fn, rep, hooks = step_hooks.trainer_loss_fns(TASKS, fns, "x", default=default)
+  assert (fn, rep, hooks) == (default[0], default[1], {})
+  with pytest.raises(ValueError, match="aux dict"):
+    step_hooks.bind(lambda p, b: p, jax.random.PRNGKey(0), jnp.ones(2), None, has_aux=True)
+
+
+# --- experiments/train.py at the tiny preset ---------------------------------------
+
+TRAIN_MODEL = dict(TINY, moe_every=1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def _train_config(config_name, data_dir, workdir, **overrides):
   import importlib
-  from experiments import train as train_exp
   config = importlib.import_module(f"configs.{config_name}").get_config()
-  config.update(dict(dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=4,
-                          batch_size=16, eval_batch_size=64, data_dir=str(tmp_path / "data"),
-                          workdir=str(tmp_path / "run"), progress=False, tensorboard=False,
+  config.update(dict(dict(num_steps=4, eval_every=4, log_every=2, checkpoint_every=2,
+                          batch_size=8, eval_batch_size=64, data_dir=data_dir,
+                          workdir=str(workdir), progress=False, tensorboard=False,
                           val_split=""), **overrides))
-  config.builder_kwargs.update(dict(num_train=64, num_validation=16, num_test=64))
-  result = train_exp.train_and_evaluate(config)
+  config.builder_kwargs.update(dict(num_train=32, num_validation=8, num_test=32))
+  config.model_kwargs.update(TRAIN_MODEL)
+  return config
+
+
+def _final_params(workdir, step=4):
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(str(workdir / "checkpoints" / str(step) / "default"))["params"]
+
+
+def _check_run(result, workdir):
   assert set(result) >= {"loss/left", "loss/right", "accuracy/left", "accuracy/right"}
   assert all(np.isfinite(v) for v in result.values())
-  rows = [r for r in __import__("mtlx.train", fromlist=["read_jsonl"]).read_jsonl(
-      str(tmp_path / "run" / "metrics.jsonl")) if r["split"] == "train"]
+  rows = [r for r in mtlx.train.read_jsonl(str(workdir / "metrics.jsonl"))
+          if r["split"] == "train"]
   assert rows and all(np.isfinite(r["loss/left"]) for r in rows)
+  return rows
+
+
+def test_experiments_train_vit_moe_dropout_resumes_exactly(tmp_path, data_dir):
+  """ViT, FAMO (one backward), sparse MoE (balance loss weighted by
+  config.moe_aux_weight) and dropout: trains; killed after step 2 and resumed, it
+  ends with the uninterrupted run's params, bit for bit (the dropout key is in the
+  checkpoint). (bf16 steps: test_bf16_finite_and_close_to_f32.)"""
+  from experiments import train as train_exp
+  over = dict(method="ls", weighting="famo", moe_aux_weight=0.01)
+  run = tmp_path / "run"
+  config = _train_config("vit", data_dir, run, **over)
+  config.model_kwargs.update(dict(moe_experts=2, moe_top_k=1, dropout=0.1))
+  rows = _check_run(train_exp.train_and_evaluate(config), run)
+  assert all(r["aux_loss"] >= 0.01 * (1 - 1e-3) for r in rows)  # 0.01 x balance >= 0.01
+  resumed = tmp_path / "resumed"
+  shutil.copytree(run, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "4")
+  config.workdir, config.resume = str(resumed), True
+  train_exp.train_and_evaluate(config)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _final_params(resumed),
+                         _final_params(run))
+
+
+def test_experiments_train_gpt_representation_engine(tmp_path, data_dir):
+  from experiments import train as train_exp
+  run = tmp_path / "run"
+  config = _train_config("gpt", data_dir, run, method="upgrad", rep_grad=True, remat=True,
+                         log_every=1)
+  _check_run(train_exp.train_and_evaluate(config), run)

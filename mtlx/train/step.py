@@ -65,6 +65,7 @@ from mtlx.loss_weighting.base import scale_rows
 from mtlx import validation
 from mtlx.train import losses as losses_lib
 from mtlx.train import task_mask as task_mask_lib
+from mtlx.train import step_hooks
 from mtlx import metrics as metrics_lib
 
 ENGINES = ("one_backward", "gramian", "jacobian", "representation")
@@ -334,7 +335,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
               mesh: Any = None, param_rule: str = "fsdp", shard_tasks: bool = True,
               min_size: int = 2 ** 10, donate: bool = False,
               label: str | None = None, task_mask: Any = None,
-              flat_regions_rho: float = 0.0) -> Step:
+              flat_regions_rho: float = 0.0, has_aux: bool = False,
+              takes_rng: bool = False) -> Step:
   """The jitted MTO train step ``(state, batch) -> (state, info)`` of any engine.
 
   Args:
@@ -402,8 +404,11 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
   kw = dict(extra_batches=extra_batches, representation=representation is not None)
   if flat_regions_rho:
     kw["flat_regions_rho"] = flat_regions_rho
+  hooks = dict(has_aux=has_aux, takes_rng=takes_rng)
   if engine == "auto":
-    engine = choose_engine(loss_txs, grad_tx, loss_fn=loss_fn, params=params,
+    auto_fn = loss_fn if example_batch is None else step_hooks.bind(
+        loss_fn, jax.random.PRNGKey(0), params, example_batch, **hooks).task_losses
+    engine = choose_engine(loss_txs, grad_tx, loss_fn=auto_fn, params=params,
                            example_batch=example_batch, **kw)
     logging.info("engine='auto' chose %r for %s", engine,
                  label or "+".join([_name(t) for t in loss_txs] + [_name(grad_tx)]))
@@ -448,7 +453,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
 
   def init(p, example, seed: int = 0) -> TrainState:
     if sh is not None:
-      sh.check_num_tasks(int(jax.eval_shape(loss_fn, p, parts(example)[0]).shape[0]))
+      sh.check_num_tasks(step_hooks.num_tasks(loss_fn, p, parts(example)[0], **hooks))
     loss_state = tuple(t.init(p) for t in loss_txs)
     if engine == "representation":
       z = jax.eval_shape(representation.encode, p["encoder"], parts(example)[0])
@@ -499,8 +504,10 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     batch, *others = parts(batch)
     p = state.params
     info = {}
+    hook = step_hooks.bind(loss_fn, state.rng, p, batch, **hooks)  # loss_fn without hooks
+    aux_loss = None
     if engine == "one_backward":
-      losses, vjp = jax.vjp(lambda q: loss_fn(q, batch), p)
+      losses, vjp, aux_loss = hook.vjp(p, batch)
       v, loss_state = loss_weights(state.loss_state, losses)
       k = losses.shape[0]
       u, grad_state = grad_tx.weights(jnp.zeros((k, k), v.dtype), state.grad_state,
@@ -509,21 +516,21 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       grads = vjp(w)[0]
       exact = True
     elif engine == "gramian":
-      losses, gram = autogram.value_and_gramian(loss_fn)(p, batch)
+      losses, gram = autogram.value_and_gramian(hook.task_losses)(p, batch)
       gram = replicate(gram)
       v, loss_state = loss_weights(state.loss_state, losses)
       vv = v.astype(gram.dtype)
       u, grad_state = grad_tx.weights(gram * vv[:, None] * vv[None, :], state.grad_state,
                                       task_losses=losses)
       w = v * u.astype(v.dtype)
-      grads = autogram.weighted_grad(loss_fn)(p, w, batch)
+      grads, aux_loss = hook.weighted_grad(p, w, batch)
       info["cosines"] = jacobian.cosines(gram)
       exact = True
     elif engine == "jacobian":
-      vjac = jacobian.value_and_jacobian(loss_fn, chunk_size=chunk_size)
+      vjac = jacobian.value_and_jacobian(hook.task_losses, chunk_size=chunk_size)
       if flat_regions_rho:
         losses, tg, sharp = sharpness.value_and_sharpness_jacobian(
-            loss_fn, flat_regions_rho, chunk_size=chunk_size)(p, batch)
+            hook.task_losses, flat_regions_rho, chunk_size=chunk_size)(p, batch)
       else:
         losses, tg = vjac(p, batch)
       tg = constrain(tg, sh.task_grads) if sh is not None else tg
@@ -541,8 +548,9 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       w = v * u.astype(v.dtype) if exact else span_weights(gram, tg, grads)
       info["cosines"] = jacobian.cosines(gram)
     else:
+      rep = step_hooks.bind_representation(representation, hook.key)
       rj = jacobian.value_and_representation_jacobian(
-          representation.encode, representation.heads, chunk_size=chunk_size)(
+          rep.encode, rep.heads, chunk_size=chunk_size)(
               p["encoder"], p["decoder"], batch, batch)
       losses = rj.losses
       v, loss_state = loss_weights(state.loss_state, losses)
@@ -560,6 +568,11 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
           task_axes=task_mask_lib.param_aware_task_axes(p, losses.shape[0]))
       losses = jnp.where(mask, losses, jnp.zeros_like(losses))
       w = jnp.where(mask, w, jnp.zeros_like(w))  # they multiply zero rows
+    if hook.has_aux_loss and aux_loss is None:  # jacobian, representation: one more VJP
+      aux_loss, aux_grads = hook.aux_value_and_grad(p, batch)
+      grads = step_hooks.add_grads(grads, aux_grads)
+    if aux_loss is not None:
+      info["aux_loss"] = aux_loss
     if sh is not None:
       grads = constrain(grads, sh.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, p)
@@ -711,7 +724,9 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
                  min_size: int = 2 ** 10, method_groups: dict | None = None,
                  calibrate_branches: str | Sequence[str] = "",
                  flat_regions_rho: float = 0.0, rep_mtl: dict | None = None,
-                 focal_gamma: float = 0.0) -> Trainer:
+                 focal_gamma: float = 0.0, aux_loss_weight: float = 0.0,
+                 dropout_rng: bool = False) -> Trainer:
+
   """The jitted train step (:func:`make_step`) and eval function of a multi-task model.
 
   Args:
@@ -747,6 +762,13 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
     focal_gamma: γ > 0: the training loss of each (classification) task is
       MFTCoder's token-level focal loss ``mean_i (1 - e^{-ℓ_i})^γ ℓ_i``
       (:func:`mtlx.task_losses.focal_task_losses`); 0: the plain mean.
+    aux_loss_weight: ``> 0`` adds ``aux_loss_weight × Σ`` of the model's auxiliary
+      outputs (``'aux/...'``, :func:`mtlx.models.aux_losses`, e.g. the MoE
+      load balance) to the objective, outside the K task losses
+      (``make_step(has_aux=True)``; Switch Transformer: 0.01). 0: not trained.
+    dropout_rng: call the model with ``dropout_key=`` the step's key
+      (``make_step(takes_rng=True)``): dropout is active in training steps,
+      not in ``eval_stats``.
 
   Raises:
     ValueError: for unknown names or keyword arguments, or an engine that cannot
@@ -781,13 +803,22 @@ def make_trainer(fns, tasks: Sequence[Any], input_key: str, params, *, method: s
     heads_fn, loss_fn = _rep_mtl_fns(rep_mtl, method, weighting, heads_fn,
                                      lambda enc, batch: fns.encode(enc, batch[input_key]))
 
+  if (focal_gamma or rep_mtl) and (aux_loss_weight > 0 or dropout_rng):
+    raise ValueError(
+        f"focal_gamma={focal_gamma!r} / rep_mtl={rep_mtl!r} replace the task losses, which "
+        f"aux_loss_weight={aux_loss_weight!r} / dropout_rng={dropout_rng!r} also replace; "
+        "expected one of the two (set the model's dropout and config.moe_aux_weight to 0 "
+        "for focal or Rep-MTL).")
   rep = Representation(lambda enc, batch: fns.encode(enc, batch[input_key]), heads_fn)
-  st = make_step(loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optimizer,
+  step_loss_fn, rep, hooks = step_hooks.trainer_loss_fns(
+      tasks, fns, input_key, aux_loss_weight=aux_loss_weight, dropout_rng=dropout_rng,
+      default=(loss_fn, rep))
+  st = make_step(step_loss_fn, loss_tx=loss_tx, grad_tx=grad_tx, optimizer=optimizer,
                  engine=engine, params=params, example_batch=example_batch,
                  representation=rep, chunk_size=chunk_size, extra_batches=extra_batches,
                  mesh=mesh, param_rule=param_rule, shard_tasks=shard_tasks,
                  min_size=min_size, label=f"weighting={weighting!r}, method={method!r}",
-                 flat_regions_rho=flat_regions_rho)
+                 flat_regions_rho=flat_regions_rho, **hooks)
   if st.shardings is not None:
     st.shardings.check_num_tasks(k)
   replicate = (lambda t: t) if st.shardings is None else (

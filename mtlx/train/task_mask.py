@@ -258,7 +258,9 @@ def with_filled_losses(fn: Callable, mask_fn: Callable, *, batch_arg: int = 1,
   """``fn(*args) -> losses [K]`` with absent tasks' losses read as ``fill_loss``
   (:func:`losses_seen_by_methods`); the mask is ``mask_fn(args[batch_arg], K)``."""
   def wrapped(*args):
-    losses = fn(*args)
-    return losses_seen_by_methods(losses, mask_fn(args[batch_arg], losses.shape[0]),
-                                  fill_loss)
+    out = fn(*args)
+    losses, aux = (out, None) if not isinstance(out, tuple) else out  # has_aux: (losses, aux)
+    losses = losses_seen_by_methods(losses, mask_fn(args[batch_arg], losses.shape[0]),
+                                    fill_loss)
+    return losses if aux is None else (losses, aux)
   return wrapped

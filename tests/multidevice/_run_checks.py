@@ -17,7 +17,11 @@ prints one JSON line ``RESULTS {...}`` with the numbers the test asserts on:
 * ``trainer``: ``experiments.train.train_and_evaluate`` on a tiny multi_digits
   config (FAMO + UPGrad, FSDP) on mesh 1×1×1 and 4×2×1: final params and eval
   numbers; the 4×2 run's step-2 checkpoint resumed on 2×4×1 to the end; and the
-  error for a mesh whose size is not the device count.
+  error for a mesh whose size is not the device count;
+* ``transformers``: vit-tiny (sparse MoE + balance loss + dropout) and gpt-tiny
+  (dropout) built by ``experiments.train.build_trainer`` from ``configs/vit.py`` /
+  ``configs/gpt.py`` at depth 1, width 16, every engine, 3 steps on mesh 4×2×1 (FSDP
+  over the kernels, the batch over ``data``) against mesh 1×1×1 on one device.
 
 Run it directly for a readable report::
 
@@ -423,8 +427,76 @@ def check_mixture():
   return out
 
 
+def tree_rel(a, b):
+  """``max |a - b| / max |b|`` over the whole pytree. Per-leaf ratios do not suit a
+  transformer: the attention key bias has a zero gradient (the softmax ignores it),
+  so it stays at its zero init up to rounding noise (~1e-9) and any ratio to it is
+  noise."""
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  diff = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(la, lb))
+  return diff / max(float(np.abs(np.asarray(y)).max()) for y in lb)
+
+
+TRANSFORMER_ENGINES = (("one_backward", "ls"), ("gramian", "upgrad"),
+                       ("jacobian", "upgrad"), ("representation", "upgrad"))
+
+
+def transformer_config(model, method, mesh, data_dir):
+  import importlib
+  c = importlib.import_module(f"configs.{model}").get_config()
+  c.update(dict(workdir="", data_dir=data_dir, batch_size=8, method=method,
+                weighting="none", optimizer="sgd", learning_rate=0.1))
+  # SGD, not Adam: Adam turns the attention key bias's rounding-noise gradient
+  # (its true gradient is 0) into +-learning_rate steps whose signs differ by mesh.
+  c.builder_kwargs.update(dict(num_train=32, num_validation=8, num_test=8))
+  c.model_kwargs.update(dict(dim=16, depth=1, heads=2, dropout=0.1))
+  if model == "vit":  # the MoE MLP and its balance loss (config.moe_aux_weight)
+    c.model_kwargs.update(dict(moe_experts=2, moe_every=1, moe_top_k=1))
+  c.mesh.update(dict(zip(("data", "model", "task"), mesh)), min_size=64)
+  return c
+
+
+def check_transformers(steps=3, mesh=(4, 2, 1)):
+  """vit / gpt through experiments.train's build_trainer, every engine, mesh 4x2x1
+  against one device: params after ``steps`` steps (see the module docstring)."""
+  import itertools
+  from experiments import train as train_exp
+  from mtlx import data as mdata
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for model in os.environ.get("MTLX_TRANSFORMER_MODELS", "vit,gpt").split(","):
+      for engine, method in TRANSFORMER_ENGINES:
+        final = {}
+        for shape in ((1, 1, 1), mesh):
+          config = transformer_config(model, method, shape, os.path.join(tmp, "data"))
+          config.engine = engine
+          info, tasks = train_exp.validate(config)
+          device_mesh = train_exp.make_mesh(config, jax.devices()[:int(np.prod(shape))])
+          data = list(itertools.islice(mdata.make_iterator(
+              config.dataset, config.train_split, batch_size=config.batch_size, seed=0,
+              shuffle=True, **train_exp._data_kwargs(config)), steps))
+          trainer, params = train_exp.build_trainer(config, info, tasks, device_mesh,
+                                                    example_batch=data[0])
+          state = trainer.init(params, trainer.shard_batch(data[0]), config.seed)
+          for b in data:
+            state, info_ = trainer.step(state, trainer.shard_batch(b))
+          final[shape] = state.params
+        p = final[mesh]
+        out[f"{model}/{engine}"] = {
+            "max_rel": tree_rel(p, final[(1, 1, 1)]), "engine": trainer.engine,
+            "aux_loss": float(info_["aux_loss"]) if "aux_loss" in info_ else None,
+            "fsdp_leaves": sum(any(a is not None for a in x.sharding.spec)
+                               for x in jax.tree.leaves(p)),
+            "finite": bool(all(np.all(np.isfinite(np.asarray(x)))
+                               for x in jax.tree.leaves(p)))}
+  return out
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
+  if os.environ.get("MTLX_ONLY") == "transformers":  # a quick look at this part alone
+    print("RESULTS " + json.dumps({"transformers": check_transformers()}))
+    return
   params = init_params()
   data = batches(STEPS)
   results = {
@@ -436,6 +508,7 @@ def main():
       "checkpoint": check_checkpoint(params, data),
       "trainer": check_trainer(),
       "mixture": check_mixture(),
+      "transformers": check_transformers(),
   }
   print("RESULTS " + json.dumps(results))
 
