@@ -5,7 +5,7 @@
                                   [--threads N] [--out FILE]
 
 ``--quick`` (K = 2, 8, 32; LS and UPGrad; 5 repeats; the weights-only rows at K = 32
-and 256) finishes in under 3 minutes on an idle 2-core CPU. Needs the optional
+and 128) finishes in under 3 minutes on an idle 2-core CPU. Needs the optional
 ``bench`` extra (``pip install -e .[bench]``: torch CPU and torchjd); without them
 the TorchJD columns are skipped with a message.
 
@@ -358,7 +358,7 @@ def data_for(name, rng):
 
 
 QUICK = dict(ks="2,8,32", models="mlp,cnn,block", methods="ls,upgrad", repeats=5,
-             solver_ks="32,256")
+             solver_ks="32,128")
 
 
 def main():
