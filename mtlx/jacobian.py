@@ -212,7 +212,8 @@ def normalized_gramian(task_grads: PyTree, *,
   of reading ``task_grads``. A ``K × P`` operand of the ``lax.cond`` makes XLA
   keep copies of it (XLA:CPU, measured: twice the temporaries and +70 % bytes
   moved in a Jacobian train step); with ``recompute`` only ``K × K`` values
-  enter the conditional and the rare rescaled branch pays a second Jacobian.
+  enter the conditional and the rare rescaled branch pays a second Jacobian
+  (under ``vmap`` the conditional becomes a select and both branches run).
 
   Cost: the Gramian (``K² P`` multiply-adds, one read of ``J``) and ``K × K``
   work; two more reads of ``J`` only in the rescaled branch.
