@@ -184,7 +184,7 @@ def gradient_scale(task_grads: PyTree) -> jax.Array:
 
 
 def normalized_gramian(task_grads: PyTree, *,
-                       recompute: Callable[[], PyTree] | None = None
+                       rescaled: Callable[[], tuple[jax.Array, jax.Array]] | None = None
                        ) -> tuple[jax.Array, jax.Array]:
   """The Gramian of the rows divided by a power of two near the largest row norm:
   ``(Ĝ, s)`` with ``Ĝ = (J/s)(J/s)ᵀ``, ``G = s² Ĝ`` and ``s/2 ≤ max_k ‖g_k‖ < s``
@@ -207,13 +207,14 @@ def normalized_gramian(task_grads: PyTree, *,
   that extra ``K × P`` work is paid only then. Non-finite entries give a
   non-finite ``Ĝ`` and ``s``.
 
-  ``recompute``: optional ``() -> task_grads`` (e.g. the same
-  :func:`value_and_jacobian` call again) that the rescaled branch calls instead
-  of reading ``task_grads``. A ``K × P`` operand of the ``lax.cond`` makes XLA
-  keep copies of it (XLA:CPU, measured: twice the temporaries and +70 % bytes
-  moved in a Jacobian train step); with ``recompute`` only ``K × K`` values
-  enter the conditional and the rare rescaled branch pays a second Jacobian
-  (under ``vmap`` the conditional becomes a select and both branches run).
+  ``rescaled``: optional ``() -> (Ĝ, s)`` that computes the same pair without
+  reading ``task_grads`` (the train step passes
+  :func:`mtlx.autogram.value_and_normalized_gramian` of its loss), called by the
+  rare rescaled branch instead. A ``K × P`` operand of the ``lax.cond`` makes XLA
+  keep copies of it (XLA:CPU, measured: twice the temporaries, +70 % bytes moved
+  and a 1.4–1.6× slower Jacobian train step); with ``rescaled`` only ``K × K``
+  values enter the conditional (under ``vmap`` the conditional becomes a select
+  and both branches run).
 
   Cost: the Gramian (``K² P`` multiply-adds, one read of ``J``) and ``K × K``
   work; two more reads of ``J`` only in the rescaled branch.
@@ -237,15 +238,17 @@ def normalized_gramian(task_grads: PyTree, *,
   def direct(_):
     return unit(g)
 
-  def rescaled(_):
-    rows = task_grads if recompute is None else recompute()
-    s1 = gradient_scale(rows).astype(acc)
+  def rescale(_):
+    if rescaled is not None:
+      g1, s1 = rescaled()
+      return g1.astype(acc), s1.astype(acc)
+    s1 = gradient_scale(task_grads).astype(acc)
     inv = jnp.where(jnp.isfinite(s1), 1.0 / s1, s1)
     g1, s2 = unit(gramian(jax.tree_util.tree_map(lambda x: x * inv.astype(x.dtype),
-                                                 rows)).astype(acc))
+                                                 task_grads)).astype(acc))
     return g1, s1 * s2
 
-  return lax.cond(safe, direct, rescaled, None)
+  return lax.cond(safe, direct, rescale, None)
 
 
 def combine(weights: jax.Array, task_grads: PyTree) -> PyTree:
