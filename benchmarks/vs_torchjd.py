@@ -5,7 +5,7 @@
                                   [--threads N] [--out FILE]
 
 ``--quick`` (K = 2, 8, 32; LS and UPGrad; 5 repeats; the weights-only rows at K = 32
-and 128) finishes in under 3 minutes on an idle 2-core CPU. Needs the optional
+and 128) is meant to finish in about 3 minutes on an idle 2-core CPU (estimated: measured only under load 12, 35 min). Needs the optional
 ``bench`` extra (``pip install -e .[bench]``: torch CPU and torchjd); without them
 the TorchJD columns are skipped with a message.
 
