@@ -5,7 +5,8 @@
                                   [--threads N] [--out FILE]
 
 ``--quick`` (K = 2, 8, 32; LS and UPGrad; 5 repeats; the weights-only rows at K = 32
-and 128) is meant to finish in about 3 minutes on an idle 2-core CPU (estimated: measured only under load 12, 35 min). Needs the optional
+and 128) is meant to finish in about 3 minutes on an idle 2-core CPU (an
+estimate: it was run only under load 12, where it took 35 min). Needs the optional
 ``bench`` extra (``pip install -e .[bench]``: torch CPU and torchjd); without them
 the TorchJD columns are skipped with a message.
 
@@ -366,7 +367,7 @@ def main():
                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                epilog=__doc__.split("\n\n", 1)[1])
   ap.add_argument("--quick", action="store_true",
-                  help=f"a < 3 min run: {QUICK} (explicit flags still override)")
+                  help=f"a short run (~3 min idle): {QUICK} (explicit flags still override)")
   ap.add_argument("--ks", default=None, help="numbers of tasks (default 2,8,32,128)")
   ap.add_argument("--models", default=None, help="mlp,cnn,block (default all)")
   ap.add_argument("--methods", default=None, help="default ls,upgrad,mgda,nash_mtl")
