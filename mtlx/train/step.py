@@ -487,9 +487,16 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
         extra[f"task_grads_{i + 2}"] = tg_i if sh is None else constrain(tg_i, sh.task_grads)
       # One Gramian serves the method, the cosines and the logged weights: the rows of
       # a loss weighting are diag(v) J, whose Gramian is diag(v) G diag(v).
-      # (The rare rescaled branch takes the Gramian from autogram: no K x P operand.)
-      gram, scale = jacobian.normalized_gramian(
-          tg, rescaled=lambda: autogram.value_and_normalized_gramian(loss_fn)(p, batch)[1])
+      # The rare rescaled branch (rows near the float32 limits) takes the Gramian from
+      # autogram, so no K x P array enters the lax.cond (XLA would copy it); a loss
+      # that autogram cannot re-run recomputes the Jacobian there instead.
+      def rescaled():
+        try:
+          return autogram.value_and_normalized_gramian(loss_fn)(p, batch)[1]
+        except Exception:  # noqa: BLE001 - any trace failure: the plain fallback
+          return jacobian.normalized_gramian(vjac(p, batch)[1])
+
+      gram, scale = jacobian.normalized_gramian(tg, rescaled=rescaled)
       rows, v, loss_state = loss_space(state.loss_state, losses, tg)
       rows_gram = None
       if v is not None:
