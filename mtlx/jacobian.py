@@ -16,7 +16,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-import numpy as np
 
 from mtlx import validation
 
