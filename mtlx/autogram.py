@@ -45,7 +45,7 @@ from mtlx import validation
 
 PyTree = Any
 
-__all__ = ["value_and_gramian", "weighted_grad", "autogram_plan"]
+__all__ = ["value_and_gramian", "value_and_normalized_gramian", "weighted_grad", "autogram_plan"]
 
 METHODS = ("auto", "ghost", "direct")
 
@@ -496,6 +496,10 @@ def value_and_gramian(loss_fn: Callable[..., Any], *, has_aux: bool = False,
   ``B·F²·(C + K R) + K² B F R`` (ghost) and ``K B F C R + K² C R`` (direct) flops.
   Memory ``K × Σ|layer outputs| + K × |fallback params|`` instead of ``K × P``.
   """
+  return _value_and_gramian(loss_fn, has_aux, method, normalized=False)
+
+
+def _value_and_gramian(loss_fn, has_aux, method, normalized):
   validation.check_choice(method, METHODS, "method")
 
   def wrapped(params, *args):
@@ -537,22 +541,91 @@ def value_and_gramian(loss_fn: Callable[..., Any], *, has_aux: bool = False,
     eye = jnp.eye(k, dtype=losses.dtype)
     fb_grads, cots = jax.vmap(vjp_fn)(eye)
     acc = _acc(losses.dtype)
-    gram = jnp.zeros((k, k), acc)
+    # Blocks (B, t) with G = sum t^2 B: t = a b, the powers of two above max|X| and
+    # max|Δ| of the layer (t = 1 without normalized), so no block under/overflows.
+    parts = []
     if fb_grads:
-      gram = gram + jacobian_lib.gramian(fb_grads).astype(acc)
+      parts.append(jacobian_lib.normalized_gramian(fb_grads) if normalized
+                   else (jacobian_lib.gramian(fb_grads), jnp.ones((), acc)))
     for path, use in uses.items():
       eqn = eqn_of[path]
       x, d = record[path], cots[path]
+      t = jnp.ones((), acc)
+      if normalized:
+        b = _scale_of(d)
+        d = _scaled(d, b)
+        t = b
+        if use.kind != "gather":  # a gather's x are the ids
+          a = _scale_of(x)
+          x = _scaled(x, a)
+          t = a * b
       if use.kind == "dot":
         blk = _dot_block(eqn, use.param_pos, x, d, method)
       elif use.kind == "conv":
         blk = _conv_block(eqn, x, d, method)
       else:
         blk = _gather_block(eqn, x, d, method)
-      gram = gram + blk.astype(acc)
+      parts.append((blk, t))
+    if not parts:
+      gram = (jnp.zeros((k, k), acc), jnp.ones((), acc)) if normalized else jnp.zeros((k, k), acc)
+    elif normalized:
+      gram = _combine_parts(parts, acc)
+    else:
+      gram = sum((b.astype(acc) for b, _ in parts[1:]), parts[0][0].astype(acc))
     return ((losses, aux) if has_aux else losses), gram
 
   return wrapped
+
+
+def _scale_of(x: jax.Array) -> jax.Array:
+  """The power of two just above ``max|x|`` (1 for zeros; NaN/inf pass through), in
+  the accumulation dtype."""
+  return jacobian_lib._power_of_two_scale(  # noqa: SLF001 - the one definition
+      jnp.max(jnp.abs(x)).astype(_acc(x.dtype)))
+
+
+def _scaled(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """``x / scale`` (exact: ``scale`` is a power of two; NaN/inf propagate)."""
+  inv = jnp.where(jnp.isfinite(scale), 1.0 / scale, scale)
+  return x * inv.astype(x.dtype)
+
+
+def _combine_parts(parts, acc) -> tuple[jax.Array, jax.Array]:
+  """``(Ĝ, s)`` from blocks ``[(B_i, t_i)]`` with ``G = Σ_i t_i² B_i``: every block is
+  brought to the largest ``t`` (``(t_i/T)² ≤ 1``, powers of two: exact or, for
+  blocks below ``2⁻¹²⁶`` of the largest, negligible), then divided by the power
+  of two above the square root of the largest diagonal entry."""
+  ts = jnp.stack([t.astype(acc) for _, t in parts])
+  top = jnp.max(ts)
+  top = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.where(jnp.isnan(top), top, 1.0))
+  g = sum((((t.astype(acc) / top) ** 2) * b.astype(acc) for b, t in parts[1:]),
+          ((parts[0][1].astype(acc) / top) ** 2) * parts[0][0].astype(acc))
+  u = jacobian_lib._power_of_two_scale(  # noqa: SLF001
+      jnp.sqrt(jnp.max(jnp.diagonal(g))))
+  return g / (u * u), top * u
+
+
+def value_and_normalized_gramian(loss_fn: Callable[..., Any], *, has_aux: bool = False,
+                                 method: str = "auto") -> Callable[..., Any]:
+  """:func:`value_and_gramian` without float32 under/overflow:
+  ``f(params, *args) -> (losses, (Ĝ, s))`` with ``G = s² Ĝ``, ``s`` a power of two
+  and ``1/4 ≤ max_k Ĝ_kk < 1`` (``Ĝ = 0``, ``s = 1`` when every gradient is zero),
+  as :func:`mtlx.jacobian.normalized_gramian` gives for the Jacobian.
+
+  Every layer's activations ``X`` and cotangents ``Δ`` are divided by the powers of
+  two above their largest entries (``a``, ``b``) before its block is formed, the
+  fallback parameters' per-task grads go through
+  :func:`mtlx.jacobian.normalized_gramian`, and the blocks are summed relative to
+  the largest ``a·b`` (powers of two: no rounding). Losses scaled by ``1e-30`` or
+  ``1e30`` (rows whose ``G = J Jᵀ`` underflows to 0 or overflows in float32) give
+  the ``Ĝ`` of scale 1, so scale-invariant weightings (UPGrad, MGDA, DualProj...)
+  give the same weights over the whole float32 range. Non-finite losses or
+  gradients give a non-finite ``Ĝ``.
+
+  Cost: that of :func:`value_and_gramian` plus one max-abs pass over every layer's
+  activations and K cotangents (``K Σ|y|`` reads, no flops of note).
+  """
+  return _value_and_gramian(loss_fn, has_aux, method, normalized=True)
 
 
 def weighted_grad(loss_fn: Callable[..., Any], *, has_aux: bool = False) -> Callable[..., Any]:

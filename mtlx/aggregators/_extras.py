@@ -45,11 +45,17 @@ def fixed_weighting(weights_for: Callable[[int], jax.Array], *,
     return optax.EmptyState()
 
   def update_fn(task_grads, state, params=None, **extra):
-    del params, extra
+    # validation.guarded_update's rule, checked on the P-sized update instead of the
+    # K x P task grads (one pass less): a non-finite entry of any g_k makes that
+    # entry of sum_k w_k g_k non-finite (inf, or NaN for w_k = 0), so the update is
+    # all-NaN exactly when an input is non-finite (or the sum overflows).
+    validation.check_task_grads_match_params(task_grads, params, name)
     k = validation.num_tasks(task_grads)
-    return jacobian.combine(weights_for(k), task_grads), state
+    update = jacobian.combine(weights_for(k), task_grads)
+    rest = [v for v in extra.values() if v is not None]
+    return validation.poison_if_not_finite(validation.all_finite(update, *rest), update), state
 
-  return GramianWeighting(init_fn, validation.guarded_update(update_fn, name),
+  return GramianWeighting(init_fn, update_fn,
                           lambda gramian: weights_for(gramian.shape[0]),
                           name=name, needs_gramian=False)
 

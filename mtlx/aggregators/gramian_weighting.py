@@ -130,7 +130,20 @@ def _typed(cls, weighting, matrix_of, init, num_tasks, label, extras, scale_inva
     weights, state = tx.weights(matrix, state, **extra)
     return jacobian.combine(weights, direction), state
 
-  tx = cls(init_fn, validation.guarded_update(update_fn, label), weighting, init, num_tasks,
+  def guarded(task_grads, state, params=None, **extra):
+    # validation.guarded_update without its K x P finiteness pass: task_grads (and
+    # task_grads_2) reach the weights only through the K x K matrix, and a non-finite
+    # entry makes a row of the matrix non-finite (G_kk = sum of squares; 0 * inf =
+    # NaN), so tx.weights already returns NaN weights (an all-NaN update) and the old
+    # state. The other inputs (task_losses, task_grads_3, ...) are checked here.
+    validation.check_task_grads_match_params(task_grads, params, label)
+    updates, new_state = update_fn(task_grads, state, params, **extra)
+    rest = [v for n, v in extra.items() if v is not None and n != "task_grads_2"]
+    return validation.guard_step(updates, new_state, state, *rest)
+
+  guarded.__doc__ = update_fn.__doc__
+  guarded.__wrapped__ = update_fn
+  tx = cls(init_fn, guarded, weighting, init, num_tasks,
            _check_extras(extras, label), label, scale_invariant=scale_invariant)
   return tx
 

@@ -283,10 +283,15 @@ def _dot_rows(task_grads, direction) -> jax.Array:
   return sum(parts[1:], parts[0])
 
 
-def span_weights(gram: jax.Array, task_grads, direction) -> jax.Array:
+def span_weights(gram: jax.Array, task_grads, direction, scale=1.0) -> jax.Array:
   """Least-squares ``w`` with ``Σ_k w_k g_k ≈ d``: ``w = G⁺ [<g_k, d>]`` (the logged
-  weights of methods that are not weightings; ``weights_exact`` is then False)."""
-  return jnp.linalg.pinv(gram.astype(jnp.float32)) @ _dot_rows(task_grads, direction)
+  weights of methods that are not weightings; ``weights_exact`` is then False).
+
+  ``gram`` may be the normalized ``Ĝ = G / s²`` with ``scale = s``
+  (:func:`mtlx.jacobian.normalized_gramian`): then ``w = Ĝ⁺ [<g_k/s, d/s>]``."""
+  inv = 1.0 / jnp.asarray(scale, jnp.float32)
+  scaled = jax.tree_util.tree_map(lambda d: d * inv.astype(d.dtype), direction)
+  return jnp.linalg.pinv(gram.astype(jnp.float32)) @ (_dot_rows(task_grads, scaled) * inv)
 
 
 def cosine_matrix(gram: jax.Array) -> jax.Array:
@@ -488,11 +493,16 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       new.append(s)
     return rows, w, tuple(new)
 
-  def gradient_space(grad_state, rows, losses, p, extra):
-    """``(direction, weights or None, state)`` of the gradient-space method."""
+  def gradient_space(grad_state, rows, losses, p, extra, gram=None):
+    """``(direction, weights or None, state)`` of the gradient-space method.
+
+    ``gram``: ``(Ĝ, s)`` of ``rows`` (:func:`mtlx.jacobian.normalized_gramian`)
+    when the caller has it (no second ``K² P`` pass)."""
     if weighting:
-      u, grad_state = grad_tx.weights(jacobian.gramian(rows), grad_state,
-                                      task_losses=losses, **extra)
+      g_hat, s = jacobian.normalized_gramian(rows) if gram is None else gram
+      # Scale-invariant methods read Ĝ (no float32 under/overflow); the others G = s² Ĝ.
+      matrix = g_hat if grad_tx.scale_invariant else (g_hat * s) * s
+      u, grad_state = grad_tx.weights(matrix, grad_state, task_losses=losses, **extra)
       return jacobian.combine(u, rows), u, grad_state
     d, grad_state = grad_tx.update(rows, grad_state, p, task_losses=losses, **extra)
     return d, None, grad_state
@@ -516,12 +526,14 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       grads = vjp(w)[0]
       exact = True
     elif engine == "gramian":
-      losses, gram = autogram.value_and_gramian(hook.task_losses)(p, batch)
-      gram = replicate(gram)
+      # Ĝ = G / s² (no float32 under/overflow); scale-invariant methods read Ĝ.
+      losses, (gram, scale) = autogram.value_and_normalized_gramian(hook.task_losses)(p, batch)
+      gram, scale = replicate((gram, scale))
       v, loss_state = loss_weights(state.loss_state, losses)
       vv = v.astype(gram.dtype)
-      u, grad_state = grad_tx.weights(gram * vv[:, None] * vv[None, :], state.grad_state,
-                                      task_losses=losses)
+      matrix = gram * vv[:, None] * vv[None, :]
+      matrix = matrix if grad_tx.scale_invariant else (matrix * scale) * scale
+      u, grad_state = grad_tx.weights(matrix, state.grad_state, task_losses=losses)
       w = v * u.astype(v.dtype)
       grads, aux_loss = hook.weighted_grad(p, w, batch)
       info["cosines"] = jacobian.cosines(gram)
@@ -538,14 +550,30 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       for i, other in enumerate(others):
         tg_i = vjac(p, other)[1]
         extra[f"task_grads_{i + 2}"] = tg_i if sh is None else constrain(tg_i, sh.task_grads)
+      # One Gramian serves the method, the cosines and the logged weights: the rows of
+      # a loss weighting are diag(v) J, whose Gramian is diag(v) G diag(v).
+      # The rare rescaled branch (rows near the float32 limits) takes the Gramian from
+      # autogram, so no K x P array enters the lax.cond (XLA would copy it); a loss
+      # that autogram cannot re-run recomputes the Jacobian there instead.
+      def rescaled():
+        try:
+          return autogram.value_and_normalized_gramian(hook.task_losses)(p, batch)[1]
+        except Exception:  # noqa: BLE001 - any trace failure: the plain fallback
+          return jacobian.normalized_gramian(vjac(p, batch)[1])
+
+      gram, scale = jacobian.normalized_gramian(tg, rescaled=rescaled)
       rows, v, loss_state = loss_space(state.loss_state, losses, tg)
+      rows_gram = None
+      if v is not None:
+        vv = v.astype(gram.dtype)
+        rows_gram = (gram * vv[:, None] * vv[None, :], scale)
       if flat_regions_rho:  # the same loss-space weights scale the perturbed rows
         sharp = constrain(sharp, sh.task_grads) if sh is not None else sharp
         extra["task_grads_sharp"] = scale_rows(v, sharp)
-      grads, u, grad_state = gradient_space(state.grad_state, rows, losses, p, extra)
-      gram = jacobian.gramian(tg)
+      grads, u, grad_state = gradient_space(state.grad_state, rows, losses, p, extra,
+                                            rows_gram)
       exact = v is not None and u is not None
-      w = v * u.astype(v.dtype) if exact else span_weights(gram, tg, grads)
+      w = v * u.astype(v.dtype) if exact else span_weights(gram, tg, grads, scale)
       info["cosines"] = jacobian.cosines(gram)
     else:
       rep = step_hooks.bind_representation(representation, hook.key)
