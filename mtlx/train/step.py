@@ -553,13 +553,10 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       # One Gramian serves the method, the cosines and the logged weights: the rows of
       # a loss weighting are diag(v) J, whose Gramian is diag(v) G diag(v).
       # The rare rescaled branch (rows near the float32 limits) takes the Gramian from
-      # autogram, so no K x P array enters the lax.cond (XLA would copy it); a loss
-      # that autogram cannot re-run recomputes the Jacobian there instead.
+      # autogram (which serves any loss: layers it cannot contract fall back to their
+      # per-task grads), so no K x P array enters the lax.cond (XLA would copy it).
       def rescaled():
-        try:
-          return autogram.value_and_normalized_gramian(hook.task_losses)(p, batch)[1]
-        except Exception:  # noqa: BLE001 - any trace failure: the plain fallback
-          return jacobian.normalized_gramian(vjac(p, batch)[1])
+        return autogram.value_and_normalized_gramian(hook.task_losses)(p, batch)[1]
 
       gram, scale = jacobian.normalized_gramian(tg, rescaled=rescaled)
       rows, v, loss_state = loss_space(state.loss_state, losses, tg)
