@@ -69,3 +69,27 @@ def test_errors():
     tx.update(tg, tx.init(params), params)
   with pytest.raises(ValueError, match="rho=-1"):
     fr.value_and_sharpness_jacobian(loss_fn, -1)
+
+
+def test_single_task_step_equals_optax_contrib_sam():
+  """K = 1, LS, SGD: the flat-regions step θ - η ∇L(θ + ρ g/‖g‖) is one outer step of
+  ``optax.contrib.sam(sgd(η), chain(normalize(), sgd(ρ)), sync_period=2)`` (optax's
+  documented SAM: it negates the adversarial optimizer's update, so it ascends)."""
+  from optax import contrib  # noqa: PLC0415
+  params, x, y = _problem(3)
+  single = lambda p, x, y: loss_fn(p, x, y)[:1]
+  lr, rho = 0.1, 0.05
+  _, tg, sharp = fr.value_and_sharpness_jacobian(single, rho)(params, x, y)
+  tx = fr.flat_regions(mtlx.linear_scalarization())
+  d, _ = tx.update(tg, tx.init(params), params, task_grads_sharp=sharp)
+  ours = optax.apply_updates(params, jax.tree_util.tree_map(lambda g: -lr * g, d))
+
+  grad = jax.grad(lambda p: single(p, x, y)[0])
+  sam = contrib.sam(optax.sgd(lr), optax.chain(contrib.normalize(), optax.sgd(rho)),
+                    sync_period=2)
+  state, p = sam.init(params), params
+  for _ in range(2):  # the adversarial step, then the outer step from the cached θ
+    upd, state = sam.update(grad(p), state, p)
+    p = optax.apply_updates(p, upd)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+                         ours, p)
