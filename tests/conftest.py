@@ -18,3 +18,23 @@ settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True
                           print_blob=True)
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# The longest tests (multi-device subprocesses, executed notebooks, SIGKILL/resume
+# subprocesses: 30 s to 4 min each) run first, so the two xdist workers do not end on
+# one of them while the other idles (longest-first scheduling; order is otherwise kept).
+LONGEST_FIRST = ("tests/test_multidevice_matrix.py", "tests/test_multidevice.py",
+                 "tests/test_notebooks.py::test_executes", "tests/test_train_resume.py",
+                 "tests/test_train.py::test_compare_end_to_end")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+
+  def rank(item):
+    for i, prefix in enumerate(LONGEST_FIRST):
+      if item.nodeid.startswith(prefix):
+        return i
+    return len(LONGEST_FIRST)
+
+  items.sort(key=rank)  # stable: the rest keep their collection order
