@@ -63,6 +63,12 @@ def scale_rows(weights: jax.Array, task_grads: PyTree) -> PyTree:
   return jax.tree_util.tree_map(leaf, task_grads)
 
 
+def scale_gramian(weights: jax.Array, gramian: jax.Array) -> jax.Array:
+  """``diag(w) G diag(w)``: the Gramian of the rows :func:`scale_rows` gives."""
+  w = weights.astype(gramian.dtype)
+  return gramian * w[:, None] * w[None, :]
+
+
 def guard_non_finite(weights: jax.Array, new_state: Any, state: Any,
                      task_losses: jax.Array) -> tuple[jax.Array, Any]:
   """Non-finite losses: non-finite weights out, the state left as it was.

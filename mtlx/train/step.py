@@ -61,6 +61,7 @@ from mtlx import sharpness
 from mtlx.aggregators.gramian_weighting import CrossGramianWeighting
 from mtlx.aggregators.gramian_weighting import GramianWeighting
 from mtlx.loss_weighting.base import LossWeighting
+from mtlx.loss_weighting.base import scale_gramian
 from mtlx.loss_weighting.base import scale_rows
 from mtlx import validation
 from mtlx.train import losses as losses_lib
@@ -530,8 +531,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       losses, (gram, scale) = autogram.value_and_normalized_gramian(hook.task_losses)(p, batch)
       gram, scale = replicate((gram, scale))
       v, loss_state = loss_weights(state.loss_state, losses)
-      vv = v.astype(gram.dtype)
-      matrix = gram * vv[:, None] * vv[None, :]
+      matrix = scale_gramian(v, gram)
       matrix = matrix if grad_tx.scale_invariant else (matrix * scale) * scale
       u, grad_state = grad_tx.weights(matrix, state.grad_state, task_losses=losses)
       w = v * u.astype(v.dtype)
@@ -560,10 +560,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
 
       gram, scale = jacobian.normalized_gramian(tg, rescaled=rescaled)
       rows, v, loss_state = loss_space(state.loss_state, losses, tg)
-      rows_gram = None
-      if v is not None:
-        vv = v.astype(gram.dtype)
-        rows_gram = (gram * vv[:, None] * vv[None, :], scale)
+      rows_gram = None if v is None else (scale_gramian(v, gram), scale)
       if flat_regions_rho:  # the same loss-space weights scale the perturbed rows
         sharp = constrain(sharp, sh.task_grads) if sh is not None else sharp
         extra["task_grads_sharp"] = scale_rows(v, sharp)
