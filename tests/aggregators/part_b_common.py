@@ -178,6 +178,14 @@ def check_common(name, prob, *, scale_linear, perm, loose=1.0, perm_loose=1.0):
   return jac1, jac2, o1, o2, state
 
 
+
+def assert_simplex_state_and_single_task(prob, jac1, o1, weights):
+  """The state's weights lie on the simplex; with K = 1 the update is the one gradient."""
+  w = np.asarray(weights, np.float64)
+  assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-5
+  if prob["k"] == 1:
+    np.testing.assert_allclose(o1, jac1[0], rtol=1e-5, atol=1e-30)
+
 A = jnp.array([1.0, 0.0, 0.5])
 
 
