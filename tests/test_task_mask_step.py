@@ -135,3 +135,32 @@ def test_param_aware_task_axes():
   assert axes(None, leaf(3, 3, 1, 4)) == ()               # a moment of the conv kernel
   assert axes(None, leaf(3, 3, 3, 1, 4)) == (0,)          # [K, *conv]: tracked task grads
   assert axes(None, jnp.zeros(3, jnp.bool_)) == ()
+
+
+@pytest.mark.parametrize("engine", ["gramian", "jacobian", "representation"])
+def test_mgda_acts_on_the_present_tasks_on_every_engine(engine):
+  """Without the mask MGDA's min-norm point is the absent task's zero row (no step);
+  the step hands MGDA the mask: its weights are the present rows' min-norm point."""
+  from tests.reference import aggregators_ref as ref
+  params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), _params())
+  batch = jax.tree_util.tree_map(
+      lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, _batch(1, NO_B))
+  rep = mtrain.Representation(encode, heads) if engine == "representation" else None
+  st = mtrain.make_step(loss_fn, grad_tx=mtlx.mgda(), optimizer=optax.sgd(0.1),
+                        engine=engine, representation=rep, task_mask="task_id")
+  state, info = st.step(st.init(params, batch), batch)
+  present = np.array([True, False, True])
+  if engine == "representation":
+    z = encode(params["encoder"], batch)
+    rows = np.asarray(jax.jacrev(lambda z: heads(params["decoder"], z, batch))(z)).reshape(K, -1)
+  else:
+    _, tg = mtlx.value_and_jacobian(loss_fn)(params, batch)
+    rows = np.concatenate([np.asarray(x).reshape(K, -1) for x in jax.tree_util.tree_leaves(tg)],
+                          axis=1)
+  assert np.all(rows[1] == 0)
+  alpha = ref.simplex_qp(rows[present] @ rows[present].T, np.zeros(2))
+  np.testing.assert_allclose(np.asarray(info["weights"])[present], alpha, rtol=1e-7, atol=1e-9)
+  assert np.asarray(info["weights"])[1] == 0
+  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(params)))
+  assert moved > 1e-4

@@ -31,6 +31,13 @@ def _check_extras(extras: Sequence[str], label: str) -> tuple[str, ...]:
   return tuple(extras)
 
 
+# Extras a weighting may declare but that are not required: ``task_mask`` ([K] bool,
+# the tasks present in the step; `mtlx.train.make_step(task_mask=...)` passes it to
+# the weightings that declare it, e.g. MGDA, whose min-norm point otherwise collapses
+# to the zero gradient of an absent task).
+OPTIONAL_EXTRAS = ("task_mask",)
+
+
 class GramianWeighting(optax.GradientTransformationExtraArgs):
   """A gradient-space transform ``d = Σ_k w_k g_k`` whose weights are ``w = f(G)``.
 
@@ -44,8 +51,9 @@ class GramianWeighting(optax.GradientTransformationExtraArgs):
     num_tasks: K when the state is sized by it, else ``None``.
     extras: names of the keyword extra arguments of ``update`` that ``weight_fn``
       reads (e.g. ``('task_losses',)``); the others are not passed to it. They are
-      required: a missing one is a ``ValueError`` naming the method, the extra
-      and what passes it, before ``weight_fn`` is called.
+      required (a missing one is a ``ValueError`` naming the method, the extra
+      and what passes it, before ``weight_fn`` is called), except those in
+      ``OPTIONAL_EXTRAS`` (``task_mask``), passed only when given.
     name: the method's name (error messages, logs).
     needs_gramian: False for fixed weightings (linear scalarization, mean) whose
       ``weight_fn`` only reads K from the matrix's shape: the one-backward engine
@@ -83,8 +91,8 @@ class GramianWeighting(optax.GradientTransformationExtraArgs):
     k = jax.numpy.shape(matrix)[0]
     validation.check_num_tasks(k, self.num_tasks, self.name)
     reads = tuple(n for n in self.extras if n not in self._consumed)
-    check_extras(extra, reads, self.name)
-    kwargs = {n: extra[n] for n in reads}
+    check_extras(extra, tuple(n for n in reads if n not in OPTIONAL_EXTRAS), self.name)
+    kwargs = {n: extra[n] for n in reads if extra.get(n) is not None}
     if self.scale_invariant and self.needs_gramian:
       # f(c G) = f(G): read G over a power of two near its largest diagonal entry (exact
       # scaling), the same matrix whichever engine computed G (the Jacobian engine

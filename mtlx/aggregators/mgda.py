@@ -29,9 +29,38 @@ def _normalizers(gramian, normalization, task_losses):
   return losses if normalization == "loss" else losses * norms
 
 
+def restricted_min_norm(gramian: jax.Array, task_mask: jax.Array | None = None,
+                        **kwargs) -> jax.Array:
+  """``argmin_{α ∈ Δ, α_k = 0 for absent k} αᵀ G α`` (the min-norm point of the
+  present tasks' rows; every task present without ``task_mask``).
+
+  Static shapes: the absent rows and columns of ``G`` are replaced by
+  ``c · I`` (``c`` the present tasks' mean diagonal, 1 if none is present: an
+  orthogonal phantom task). The QP then splits as ``s² V*(u) + c (1-s)² / n_a`` with
+  ``α_present = s u``, so its present part renormalised to sum 1 is exactly the
+  restricted optimum ``u``. No present task: all-zero weights. ``kwargs`` go to
+  :func:`mtlx.solvers.min_norm_simplex`.
+  """
+  if task_mask is None:
+    return solvers.min_norm_simplex(gramian, **kwargs)
+  k = gramian.shape[-1]
+  validation.check_vector(task_mask, k, "task_mask")
+  m = jnp.asarray(task_mask).astype(bool)
+  mf = m.astype(gramian.dtype)
+  diag = jnp.diagonal(gramian)
+  count = jnp.sum(mf)
+  c = jnp.sum(jnp.where(m, diag, 0)) / jnp.maximum(count, 1)
+  c = jnp.where(c > 0, c, jnp.ones_like(c))
+  phantom = gramian * (mf[:, None] * mf[None, :]) + jnp.diag((1 - mf) * c)
+  alpha = jnp.where(m, solvers.min_norm_simplex(phantom, **kwargs), 0)
+  total = jnp.sum(alpha)
+  return jnp.where(total > 0, alpha / jnp.where(total > 0, total, 1), 0)
+
+
 def mgda_weights(gramian: jax.Array, *, normalization: str = "none",
                  task_losses: jax.Array | None = None,
-                 max_iters: int | None = None) -> jax.Array:
+                 max_iters: int | None = None,
+                 task_mask: jax.Array | None = None) -> jax.Array:
   """MGDA weights of the Gramian: ``w = α / n`` with ``α = argmin_{α ∈ Δ} ‖Σ α_k g_k / n_k‖²``.
 
   ``n_k`` is the normalisation of MGDA-UB: ``'none'`` 1, ``'l2'`` ``‖g_k‖``,
@@ -39,13 +68,19 @@ def mgda_weights(gramian: jax.Array, *, normalization: str = "none",
   assumed positive). The min-norm point is found on ``N⁻¹ G N⁻¹`` by
   :func:`mtlx.solvers.min_norm_simplex`. A zero divisor (a zero gradient under
   ``'l2'``) is replaced by 1: the weight then multiplies a zero gradient.
+
+  ``task_mask`` ([K] bool, optional): the tasks present in the step; the simplex is
+  restricted to them (:func:`restricted_min_norm`) and absent tasks get weight 0.
+  Without it an absent task's zero gradient is a vertex of the hull and the
+  min-norm point is 0 (no step).
   """
   validation.check_choice(normalization, NORMALIZATIONS, "normalization")
   if normalization in ("loss", "loss+"):
     validation.check_task_losses(task_losses, gramian.shape[-1], "mgda")
   n = _normalizers(gramian, normalization, task_losses)
   n = jnp.where(n == 0, jnp.ones_like(n), n)
-  alpha = solvers.min_norm_simplex(gramian / (n[:, None] * n[None, :]), num_refine=max_iters)
+  alpha = restricted_min_norm(gramian / (n[:, None] * n[None, :]), task_mask,
+                              num_refine=max_iters)
   return alpha / n
 
 
@@ -74,6 +109,9 @@ def mgda(normalization: str = "none", *,
   invariant; K=1 gives ``g_1`` (``'none'``/``'loss'``: ``g_1/L_1``); linear under
   scaling for ``'none'`` and ``'loss'`` (``'l2'``, ``'loss+'`` return unit-scale
   combinations); finite for zero or duplicated rows; non-finite rows propagate.
+  Given the keyword extra ``task_mask`` ([K] bool; `mtlx.train.make_step` passes it
+  when built with ``task_mask=``), the min-norm point is taken over the present
+  tasks only (absent tasks: weight 0), so a step without some task still moves.
   With ``'none'`` and ``'loss'`` the weights are scale-invariant: the transform
   reads the Gramian of the rows divided by their largest entry
   (:func:`mtlx.jacobian.normalized_gramian`), so these hold over the whole
@@ -91,11 +129,11 @@ def mgda(normalization: str = "none", *,
   if num_iters is not None:
     validation.check_number(num_iters, "num_iters", low=1, integer=True, method="mgda")
 
-  def weighting(gramian, *, task_losses=None):
+  def weighting(gramian, *, task_losses=None, task_mask=None):
     return mgda_weights(gramian, normalization=normalization, task_losses=task_losses,
-                        max_iters=num_iters)
+                        max_iters=num_iters, task_mask=task_mask)
 
   reads_losses = normalization in ("loss", "loss+")
   return gramian_weighting(weighting, name="mgda",
-                           extras=("task_losses",) if reads_losses else (),
+                           extras=(("task_losses",) if reads_losses else ()) + ("task_mask",),
                            scale_invariant=normalization in ("none", "loss"))

@@ -380,8 +380,9 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       old values (:func:`mtlx.train.task_mask.keep_absent`), ``info['losses']``
       holds the masked losses and ``info['weights']`` the weights (0 when absent:
       they multiply zero rows) and ``info['task_mask']`` the mask.
-      Min-norm methods (MGDA, …) see a zero row and return 0 on such a step
-      (module :mod:`mtlx.train.task_mask`). ``None`` (default): every task is
+      Weightings that declare the optional extra ``task_mask`` (MGDA) are given
+      the mask and act on the present tasks only; the others see the absent
+      tasks' zero rows (module :mod:`mtlx.train.task_mask`). ``None`` (default): every task is
       present, the step is exactly the unmasked one.
     flat_regions_rho: ρ ≥ 0 of task-based flat regions (Phan et al. 2022;
       :func:`mtlx.flat_regions`). ``0``: off (the step is exactly today's). ``> 0``
@@ -494,16 +495,18 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       new.append(s)
     return rows, w, tuple(new)
 
-  def gradient_space(grad_state, rows, losses, p, extra, gram=None):
+  def gradient_space(grad_state, rows, losses, p, extra, gram=None, mask=None):
     """``(direction, weights or None, state)`` of the gradient-space method.
 
     ``gram``: ``(Ĝ, s)`` of ``rows`` (:func:`mtlx.jacobian.normalized_gramian`)
-    when the caller has it (no second ``K² P`` pass)."""
+    when the caller has it (no second ``K² P`` pass). ``mask``: the present tasks,
+    for the weightings that declare the ``task_mask`` extra."""
     if weighting:
       g_hat, s = jacobian.normalized_gramian(rows) if gram is None else gram
       # Scale-invariant methods read Ĝ (no float32 under/overflow); the others G = s² Ĝ.
       matrix = g_hat if grad_tx.scale_invariant else (g_hat * s) * s
-      u, grad_state = grad_tx.weights(matrix, grad_state, task_losses=losses, **extra)
+      u, grad_state = grad_tx.weights(matrix, grad_state, task_losses=losses,
+                                      task_mask=mask, **extra)
       return jacobian.combine(u, rows), u, grad_state
     d, grad_state = grad_tx.update(rows, grad_state, p, task_losses=losses, **extra)
     return d, None, grad_state
@@ -517,12 +520,16 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     info = {}
     hook = step_hooks.bind(loss_fn, state.rng, p, batch, **hooks)  # loss_fn without hooks
     aux_loss = None
+
+    def present(losses):  # [K] bool, or None without task_mask
+      return None if mask_of is None else mask_of(batch, losses.shape[0])
+
     if engine == "one_backward":
       losses, vjp, aux_loss = hook.vjp(p, batch)
       v, loss_state = loss_weights(state.loss_state, losses)
       k = losses.shape[0]
       u, grad_state = grad_tx.weights(jnp.zeros((k, k), v.dtype), state.grad_state,
-                                      task_losses=losses)
+                                      task_losses=losses, task_mask=present(losses))
       w = (v * u.astype(v.dtype)).astype(losses.dtype)
       grads = vjp(w)[0]
       exact = True
@@ -533,7 +540,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       v, loss_state = loss_weights(state.loss_state, losses)
       matrix = scale_gramian(v, gram)
       matrix = matrix if grad_tx.scale_invariant else (matrix * scale) * scale
-      u, grad_state = grad_tx.weights(matrix, state.grad_state, task_losses=losses)
+      u, grad_state = grad_tx.weights(matrix, state.grad_state, task_losses=losses,
+                                      task_mask=present(losses))
       w = v * u.astype(v.dtype)
       grads, aux_loss = hook.weighted_grad(p, w, batch)
       info["cosines"] = jacobian.cosines(gram)
@@ -565,7 +573,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
         sharp = constrain(sharp, sh.task_grads) if sh is not None else sharp
         extra["task_grads_sharp"] = scale_rows(v, sharp)
       grads, u, grad_state = gradient_space(state.grad_state, rows, losses, p, extra,
-                                            rows_gram)
+                                            rows_gram, present(losses))
       exact = v is not None and u is not None
       w = v * u.astype(v.dtype) if exact else span_weights(gram, tg, grads, scale)
       info["cosines"] = jacobian.cosines(gram)
@@ -577,14 +585,15 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       losses = rj.losses
       v, loss_state = loss_weights(state.loss_state, losses)
       rows = scale_rows(v, rj.rep_grads)
-      d_z, u, grad_state = gradient_space(state.grad_state, rows, losses, None, {})
+      d_z, u, grad_state = gradient_space(state.grad_state, rows, losses, None, {},
+                                          mask=present(losses))
       grads = {"encoder": rj.encoder_vjp(d_z), "decoder": rj.heads_vjp(v.astype(losses.dtype))}
       gram = jacobian.gramian(rj.rep_grads)
       exact = u is not None
       w = v * u.astype(v.dtype) if exact else span_weights(gram, rj.rep_grads, d_z)
       info["cosines"] = jacobian.cosines(gram)
     if mask_of is not None:  # absent tasks keep their method state; log their loss as 0
-      info["task_mask"] = mask = mask_of(batch, losses.shape[0])
+      info["task_mask"] = mask = present(losses)
       loss_state, grad_state = task_mask_lib.keep_absent(
           (loss_state, grad_state), (state.loss_state, state.grad_state), mask,
           task_axes=task_mask_lib.param_aware_task_axes(p, losses.shape[0]))

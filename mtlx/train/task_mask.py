@@ -24,10 +24,13 @@ read a fake 0 loss or a zero gradient as an observation of task ``k``.
 
 Caveat (gradient-space methods): the update sees the absent tasks' zero gradient
 rows. Weightings that ignore a zero row (linear scalarization, UPGrad, PCGrad,
-GradVac, …) then act on the present tasks only; MGDA-like min-norm methods do
-not: the convex hull contains 0, so their direction collapses to 0 on such a step.
-Prefer samplers that keep every task present (large batches, no ``unmixed``) with
-those, or a per-step subset of tasks in the method itself. Nash-MTL and FairGrad
+GradVac, …) then act on the present tasks only; min-norm methods do not: the
+convex hull contains 0, so their direction collapses to 0 on such a step. MGDA
+therefore declares the optional extra ``task_mask`` and ``make_step`` passes the
+mask to it: its simplex is restricted to the present tasks
+(`mtlx.aggregators.mgda.restricted_min_norm`). With the other simplex methods
+(CAGrad, SDMGrad, MoDo) prefer samplers that keep every task present (large
+batches, no ``unmixed``). Nash-MTL and FairGrad
 put a large weight on the zero row (their equation for it has no finite solution);
 it multiplies zero, and the present tasks' weights solve their own sub-system.
 
