@@ -54,12 +54,18 @@ def _parse():
   ap.add_argument("--methods", default="ls,upgrad,nash_mtl,famo")
   ap.add_argument("--engines", default="one_backward,jacobian,gramian,representation")
   ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--side", type=int, default=0,
+                  help="ViT image side (default: 16 tiny, 32 mini, 224 otherwise)")
+  ap.add_argument("--seq", type=int, default=0,
+                  help="GPT tokens per example (default: 16 tiny, 64 mini, 1024 otherwise)")
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--specs", default="vit:B/16,gpt:small,gpt:xl")
   ap.add_argument("--meshes", default="8")
   ap.add_argument("--devices", type=int, default=1)
   ap.add_argument("--out", default="")
+  ap.add_argument("--max_mib", type=float, default=12000,
+                  help="run: steps whose compiled memory exceeds this are reported, not run")
   return ap.parse_args()
 
 
@@ -93,23 +99,29 @@ from mtlx.train import losses as losses_lib  # noqa: E402
 CLASSES = 4
 
 
-def make_problem(name, preset, k, batch, dtype, lm=False):
-  """(fns, params, batch dict, loss_fn(params, batch), heads_fn, input key)."""
+def make_problem(name, preset, k, batch, dtype, lm=False, side=0, seq=0, abstract=None):
+  """(fns, params, batch dict, loss_fn(params, batch), heads_fn, input key).
+
+  ``side`` / ``seq``: the ViT image side / GPT sequence length (0: the preset's
+  default input, 224² images and 1024 tokens past ``mini``); the model's size is the
+  preset's whatever the input. ``abstract``: shapes only (default: past ``mini``)."""
+  if abstract is None:
+    abstract = preset not in ("tiny", "mini")
   tasks = [TaskSpec(f"t{i}", "classification", CLASSES, (), (), f"t{i}") for i in range(k)]
   rng = np.random.default_rng(0)
   if name == "vit":
-    side = {"tiny": 16, "mini": 32}.get(preset, 224)
+    side = side or {"tiny": 16, "mini": 32}.get(preset, 224)
     shape = (side, side, 3)
     build = lambda: models.get_model("vit", input_shape=shape, tasks=tasks, preset=preset,
                                      dtype=dtype)
     x = jax.ShapeDtypeStruct((batch,) + shape, jnp.float32)
   else:
-    seq = {"tiny": 16, "mini": 64}.get(preset, 1024)
+    seq = seq or {"tiny": 16, "mini": 64}.get(preset, 1024)
     kw = dict(head="lm", tie_embeddings=True) if lm else {}
     build = lambda: models.get_model("gpt", input_shape=(seq,), tasks=tasks, preset=preset,
                                      dtype=dtype, **kw)
     x = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-  if preset in ("tiny", "mini"):
+  if not abstract:
     fns, params = models.split(build())
   else:  # big presets: shapes only (nnx.eval_shape builds an abstract model)
     from flax import nnx  # pylint: disable=import-outside-toplevel
@@ -236,8 +248,9 @@ def run_mode(args):
   for name in args.models.split(","):
     for preset in args.presets.split(","):
       for k in map(int, args.ks.split(",")):
-        fns, params, spec, loss_fn, heads_fn = make_problem(name, preset, k, args.batch,
-                                                            args.dtype)
+        fns, params, spec, loss_fn, heads_fn = make_problem(
+            name, preset, k, args.batch, args.dtype, side=args.side, seq=args.seq,
+            abstract=False)
         batch = concrete(spec, np.random.default_rng(1))
         place = lambda tree: tree  # noqa: E731
         if args.devices > 1:  # FSDP over all devices, the batch split over them
@@ -260,6 +273,13 @@ def run_mode(args):
           compiled = jax.jit(step).lower(params, o, ms, batch).compile()
           mem = compiled.memory_analysis()
           m = mem.argument_size_in_bytes + mem.temp_size_in_bytes
+          if mib(m) > args.max_mib:
+            row = (f"| {name} | {preset} | {k} | {engine} | {method} | not run (> --max_mib "
+                   f"{args.max_mib:.0f}) | | {mib(m):.1f} | "
+                   f"{'' if base_m is None else f'{m / base_m:.2f}'} |")
+            lines.append(row)
+            print(row, flush=True)
+            continue
           out = compiled(params, o, ms, batch)
           jax.block_until_ready(out)
           ts = []

@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tasks = [ml_collections.ConfigDict({
       "source": "function_class", "function_class": name, "dim": dim, "n_points": n_points,
       "sparsity": 3, "noise_std": 0.5, "hidden": 100, "depth": 4,
-      "curriculum_dims": ()})  for name in CLASSES]
+      "curriculum_dims": (), "curriculum_points": ()})  for name in CLASSES]
   c.sampler = digits_mixture.sampler_config("uniform")
   c.sampler.weights = (1.0,) * len(CLASSES)
   c.sampler.stages = [  # staged: linear regression alone first, then uniform
@@ -51,12 +51,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = 500
   c.checkpoint_every = 500
   c.workdir = "runs/icl_function_classes"
-  # curriculum_dims (start, increment, interval): Garg et al.'s curriculum on the
-  # dimension for every class, e.g. (2, 1, 200); () = none. Sampler comparisons:
+  # curriculum_dims / curriculum_points (start, increment, interval): Garg et al.'s
+  # curriculum on the dimension / on the prompt length (the loss reads the first n_t
+  # positions) for every class, e.g. (2, 1, 200) / (5, 2, 200); () = none.
+  # icl.curriculum: the pair the compare line ``curriculum`` (experiments/compare.py)
+  # and the README's curriculum variant use. Sampler comparisons:
   # --config.sampler.name=uniform | fixed | loss_proportional | bandit | staged | unmixed
   # (proportional / temperature need dataset sizes: the function classes are endless).
-  c.icl = ml_collections.ConfigDict({"eval_prompts": 256, "curriculum_dims": (),
-                                     "variants": []})
+  c.icl = ml_collections.ConfigDict({
+      "eval_prompts": 256, "curriculum_dims": (), "curriculum_points": (), "variants": [],
+      "curriculum": garg_curriculum(c.num_steps, dim, n_points)})
   if arg == "readme":
     for t in c.tasks:
       t.dim, t.n_points = 5, 11
@@ -64,25 +68,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every = c.checkpoint_every = 2000
     c.eval_examples = 64
     c.workdir = "runs/icl_readme"
-    c.icl.variants = readme_variants(c.num_steps, 5)
+    c.icl.curriculum = garg_curriculum(c.num_steps, 5, 11)
+    c.icl.variants = readme_variants(c.num_steps, 5, 11)
   elif arg:
     raise ValueError(f"config argument {arg!r}; expected none or 'readme'.")
   return c
 
 
-def readme_variants(num_steps: int, dim: int) -> list:
+def garg_curriculum(num_steps: int, dim: int, n_points: int) -> dict:
+  """Garg et al.'s curriculum scaled to ``num_steps``: the dimension grows from 2 by 1
+  and the prompt length from ``min(5, n)`` by 2, each reaching its end by half of
+  training (they: d 5 → 20, n 11 → 41, every 2000 of 500k steps)."""
+  half = max(num_steps // 2, 1)
+  start_points = min(5, n_points)
+  return {"dims": (min(2, dim), 1, max(half // max(dim - 2, 1), 1)),
+          "points": (start_points, 2,
+                     max(half // max(-(-(n_points - start_points) // 2), 1), 1))}
+
+
+def readme_variants(num_steps: int, dim: int, n_points: int) -> list:
   """The README's comparison: samplers (uniform, loss-proportional, a Garg et al.
   curriculum: linear regression alone for the first third of training, then
-  uniform, with the dimension growing from 2 over the first half) and MTO methods
-  (FAMO, UPGrad) with uniform sampling. Temperature sampling needs dataset sizes;
-  the function classes are endless generators (`mtlx.data.samplers.temperature`)."""
+  uniform, with the dimension and the prompt length growing over the first half,
+  `garg_curriculum`) and MTO methods (FAMO, UPGrad) with uniform sampling.
+  Temperature sampling needs dataset sizes; the function classes are endless
+  generators (`mtlx.data.samplers.temperature`)."""
   third = max(num_steps // 3, 1)
-  grow = max(num_steps // (2 * max(dim - 2, 1)), 1)
+  garg = garg_curriculum(num_steps, dim, n_points)
   return [
       {"name": "uniform+ls", "sampler": {"name": "uniform"}, "method": "ls"},
       {"name": "loss_prop+ls", "sampler": {"name": "loss_proportional", "epsilon": 0.2},
        "method": "ls"},
-      {"name": "curriculum+ls", "method": "ls", "curriculum_dims": (2, 1, grow),
+      {"name": "curriculum+ls", "method": "ls", "curriculum_dims": garg["dims"],
+       "curriculum_points": garg["points"],
        "sampler": {"name": "staged", "stages": [
            {"steps": third, "sampler": {"name": "fixed", "weights": [1, 0, 0, 0, 0]}},
            {"steps": 1, "sampler": {"name": "uniform"}}]}},

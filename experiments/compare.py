@@ -22,6 +22,16 @@ per-task example counts of each step (``count/<task>``).
   python -m experiments.compare --config configs/digits_mixture.py \
       --methods ls,famo,upgrad --samplers all --seeds 2
 
+In-context function classes (``configs/icl_function_classes.py``): the same, plus
+``icl_curves.png`` / ``icl_table.md`` / ``icl_curves.json``, every line's error
+against the number of in-context examples per class next to the classical
+baselines on the same prompts (:func:`write_icl_curves`); the line ``curriculum``
+is LS with Garg et al.'s curriculum on the dimension and the prompt length
+(``config.icl.curriculum``)::
+
+  python -m experiments.compare --config configs/icl_function_classes.py \
+      --methods ls,upgrad,curriculum --samplers uniform,loss_proportional --seeds 1
+
 Protocol (explicit; ``--protocol``, default from ``config.protocol``):
   ``last_k``    each run's score is the mean of its last ``k`` eval rows
                 (``--last_k``, default ``config.last_k``).
@@ -87,12 +97,22 @@ SEED_LINES = {
     # linear scalarization with TAG's lookahead affinity logged every log_every steps
     # (split="affinity" rows; affinity.json in each run's workdir)
     "ls_affinity": ("ls", {"affinity_every": "log_every"}),
+    # in-context function classes (configs/icl_function_classes.py): Garg et al.'s
+    # curriculum on the dimension and the prompt length (config.icl.curriculum) on LS
+    "curriculum": ("ls", {"task_curriculum": "icl.curriculum"}),
 }
+
+
+def _clear_kwargs(config, key: str) -> None:
+  """Empties ``config[key]`` (a method's constructor arguments) in its own type: a
+  ConfigDict, or ``""`` where the config holds a string (the multi-dataset configs)."""
+  config[key] = "" if isinstance(config.get(key), str) else ml_collections.ConfigDict()
 
 
 def seed_line_config(config, label: str, num_tasks: int):
   """``config`` with the keys of the seed-method line ``label`` set (a copy; other
-  labels: unchanged)."""
+  labels: unchanged). A multi-dataset label ``line@sampler`` is the line ``line``."""
+  label = label.split("@")[0]
   if label not in SEED_LINES:
     return config
   config = copy.deepcopy(config)
@@ -100,11 +120,21 @@ def seed_line_config(config, label: str, num_tasks: int):
   method, weighting = registry.parse_method_spec(spec)
   with config.unlocked():
     if method != config.method:  # as run_one: the kwargs belong to the config's method
-      config.method_kwargs = ml_collections.ConfigDict()
+      _clear_kwargs(config, "method_kwargs")
     if weighting != config.weighting:
-      config.weighting_kwargs = ml_collections.ConfigDict()
+      _clear_kwargs(config, "weighting_kwargs")
     config.method, config.weighting = method, weighting
     for key, value in keys.items():
+      if key == "task_curriculum":  # every per-task source gets the ICL curriculum
+        if not isinstance(config.get("tasks", None), (list, tuple)) or \
+            config.get("icl", None) is None or "curriculum" not in config.icl:
+          raise ValueError(f"line {label!r} needs a function-class config (per-task "
+                           "sources and config.icl.curriculum, e.g. "
+                           "configs/icl_function_classes.py).")
+        for t in config.tasks:
+          t.curriculum_dims = tuple(config.icl.curriculum.dims)
+          t.curriculum_points = tuple(config.icl.curriculum.points)
+        continue
       if value == "log_every":
         value = config.log_every
       elif value == "first_task_x2":
@@ -157,6 +187,31 @@ def config_hash(config) -> str:
   return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def run_config(base_config, rundir: str, *, seed: int, method: str, weighting: str,
+               tasks: Any = "", sampler: str = ""):
+  """The config of one run (:func:`run_one`), its ``workdir`` and ``resume`` set."""
+  from experiments import train as train_lib  # pylint: disable=import-outside-toplevel
+  config = copy.deepcopy(base_config)
+  with config.unlocked():
+    config.seed = seed
+    # Constructor arguments belong to the method the config was made for.
+    if method != base_config.method:
+      _clear_kwargs(config, "method_kwargs")
+    if weighting != base_config.weighting:
+      _clear_kwargs(config, "weighting_kwargs")
+    config.method = method
+    config.weighting = weighting
+    config.tasks = tasks
+    if sampler:
+      config.sampler.name = sampler
+  workdir = os.path.join(rundir, f"seed{seed}_{config_hash(config)}")
+  with config.unlocked():
+    config.workdir = workdir
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    config.resume = bool(train_lib.checkpoint_steps_on_disk(ckpt_dir))
+  return config
+
+
 def run_one(base_config, rundir: str, *, seed: int, method: str, weighting: str,
             tasks: Any = "", sampler: str = "") -> list[dict]:
   """Trains (or reuses / resumes) one run and returns its metrics.jsonl rows.
@@ -168,24 +223,9 @@ def run_one(base_config, rundir: str, *, seed: int, method: str, weighting: str,
   ``config.sampler.name`` of a multi-dataset run.
   """
   from experiments import train as train_lib  # pylint: disable=import-outside-toplevel
-  config = copy.deepcopy(base_config)
-  with config.unlocked():
-    config.seed = seed
-    # Constructor arguments belong to the method the config was made for.
-    if method != base_config.method:
-      config.method_kwargs = ml_collections.ConfigDict()
-    if weighting != base_config.weighting:
-      config.weighting_kwargs = ml_collections.ConfigDict()
-    config.method = method
-    config.weighting = weighting
-    config.tasks = tasks
-    if sampler:
-      config.sampler.name = sampler
-  workdir = os.path.join(rundir, f"seed{seed}_{config_hash(config)}")
-  with config.unlocked():
-    config.workdir = workdir
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    config.resume = bool(train_lib.checkpoint_steps_on_disk(ckpt_dir))
+  config = run_config(base_config, rundir, seed=seed, method=method, weighting=weighting,
+                      tasks=tasks, sampler=sampler)
+  workdir = config.workdir
   if not run_done(workdir, config.num_steps):
     train_lib.train_and_evaluate(config)
   return mtrain.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -469,17 +509,20 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
     raise ValueError(f"seeds={seeds}; expected an int >= 1.")
   specs = parse_methods(methods)
   multi = isinstance(config.get("tasks", None), (list, tuple))  # one dataset per task
+  sampler_of = {}
   if multi:
     info, tasks, specs, sampler_of = mixture_specs(config, specs, samplers)
+    for label, _, _ in specs:  # a line's config errors before any run
+      seed_line_config(config, label, len(tasks))
   else:
     info, tasks = train_lib.validate(config)
   for label, method, weighting in ([] if multi else specs):  # every method vs config.engine
     c = copy.deepcopy(config)
     with c.unlocked():
       if method != config.method:
-        c.method_kwargs = ml_collections.ConfigDict()
+        _clear_kwargs(c, "method_kwargs")
       if weighting != config.weighting:
-        c.weighting_kwargs = ml_collections.ConfigDict()
+        _clear_kwargs(c, "weighting_kwargs")
       c.method, c.weighting = method, weighting
     c = seed_line_config(c, label, len(tasks))
     train_lib.check_numbers(c)
@@ -506,12 +549,9 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
       print(f"[{done}/{total}] single-task {t.name} seed {s} ({time.time() - t0:.0f} s)",
             flush=True)
     for label, method, weighting in specs:
-      d = os.path.join(workdir, "runs", _dirname(label))
       results[(label, s)] = run_one(
-          seed_line_config(config, label, len(tasks)), d, seed=s, method=method,
-          weighting=weighting,
-          **({"tasks": list(config.tasks), "sampler": sampler_of[label]} if multi
-             else {"tasks": ",".join(t.name for t in tasks)}))
+          *_line_run(config, label, workdir, len(tasks)), seed=s, method=method,
+          weighting=weighting, **_line_tasks(config, label, tasks, multi, sampler_of))
       done += 1
       print(f"[{done}/{total}] {label} seed {s} ({time.time() - t0:.0f} s)", flush=True)
   labels = [l for l, _, _ in specs]
@@ -524,7 +564,58 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
             f"over all metrics; s/step the median step time.")
   md, csv_path = write_tables(summary, tasks, workdir, header)
   plots = write_plots(results, summary, tasks, labels, seed_list, workdir)
-  return {"table": md, "csv": csv_path, "plots": plots, "summary": summary}
+  out = {"table": md, "csv": csv_path, "plots": plots, "summary": summary}
+  if multi and config.get("icl", None) is not None:
+    out["icl"] = write_icl_curves(config, specs, sampler_of, seed_list[0], workdir)
+    out["plots"] = plots + [out["icl"]["figure"]]
+  return out
+
+
+def _line_run(config, label, workdir, num_tasks):
+  return (seed_line_config(config, label, num_tasks),
+          os.path.join(workdir, "runs", _dirname(label)))
+
+
+def _line_tasks(config, label, tasks, multi, sampler_of) -> dict:
+  if not multi:
+    return {"tasks": ",".join(t.name for t in tasks)}
+  line = seed_line_config(config, label, len(tasks))
+  return {"tasks": list(line.tasks), "sampler": sampler_of[label]}
+
+
+def write_icl_curves(config, specs, sampler_of, seed: int, workdir: str) -> dict:
+  """In-context function classes: every line's error against the number of in-context
+  examples, per class, next to the classical baselines on the same test prompts
+  (`experiments.icl_function_classes`: ``icl_curves.json``, ``icl_table.md``,
+  ``icl_curves.png`` in ``workdir``), from each line's run of seed ``seed``."""
+  from experiments import icl_function_classes as icl  # pylint: disable=import-outside-toplevel
+  from experiments import train_mixture  # pylint: disable=import-outside-toplevel
+  result, dim = {}, None
+  for i, (label, method, weighting) in enumerate(specs):
+    run = run_config(*_line_run(config, label, workdir, len(config.tasks)), seed=seed,
+                     method=method, weighting=weighting,
+                     **_line_tasks(config, label, config.tasks, True, sampler_of))
+    with run.unlocked():
+      run.resume = True  # the finished run: restore its final state, train no step
+    _, (state, fns, info) = train_mixture.train(run, return_state=True)
+    test = train_mixture.make_sources(run, run.get("eval_split", "test") or "test")
+    part = icl.curves(run, state.params, fns, info, test, label=label, baselines=i == 0)
+    dim = int(info.input_shape[1]) - 1
+    for cls, entry in part.items():
+      result.setdefault(cls, {}).update(entry)
+  labels = [label for label, _, _ in specs]
+  result = {cls: {**{n: e[n] for n in labels},
+                  **{n: c for n, c in e.items() if n not in labels}}
+            for cls, e in result.items()}
+  paths = {"curves": os.path.join(workdir, "icl_curves.json"),
+           "table": os.path.join(workdir, "icl_table.md"),
+           "figure": os.path.join(workdir, "icl_curves.png")}
+  with open(paths["curves"], "w") as f:
+    json.dump(result, f)
+  with open(paths["table"], "w") as f:
+    f.write(icl.table(result, dim))
+  icl.figure(result, paths["figure"])
+  return paths
 
 
 def main(argv):

@@ -15,8 +15,9 @@ Training is `experiments.train_mixture` (one task per function class, mixed by
 * ``icl_table.md``: the same at a few positions (``i = 1, d/2, d, n−1``);
 * ``icl_curves.png``: one panel per class, model and baselines against ``i``.
 
-``config.icl.curriculum_dims = (start, increment, interval)`` trains every class
-with Garg et al.'s curriculum on the dimension (evaluation uses every dimension).
+``config.icl.curriculum_dims`` / ``config.icl.curriculum_points = (start, increment,
+interval)`` train every class with Garg et al.'s curriculum on the dimension / on the
+prompt length (evaluation uses every dimension and position).
 
 Baselines (`mtlx.data.function_classes.BASELINES`): least squares, 3-NN and
 averaging on every class, the lasso on ``sparse_linear_regression``.
@@ -64,7 +65,8 @@ def curves(config, params, fns, info, test_sources, *, label: str = "model",
 
 def variant_config(config, variant):
   """``config`` with one comparison variant's overrides: ``sampler`` (a dict of
-  sampler keys), ``method``, ``weighting``, ``curriculum_dims``; its own workdir."""
+  sampler keys), ``method``, ``weighting``, ``curriculum_dims``, ``curriculum_points``;
+  its own workdir."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     for key in ("method", "weighting"):
@@ -72,7 +74,8 @@ def variant_config(config, variant):
         c[key] = variant[key]
     for key, value in dict(variant.get("sampler", {}) or {}).items():
       c.sampler[key] = value
-    c.icl.curriculum_dims = tuple(variant.get("curriculum_dims", ()) or ())
+    for key in ("curriculum_dims", "curriculum_points"):
+      c.icl[key] = tuple(variant.get(key, ()) or ())
     c.workdir = os.path.join(config.workdir, variant["name"])
   return c
 
@@ -120,9 +123,10 @@ def figure(result: dict, path: str) -> None:
 
 
 def _train_curves(config, label, baselines):
-  if tuple(config.icl.get("curriculum_dims", ()) or ()):
-    for t in config.tasks:  # the same curriculum on the dimension for every class
-      t.curriculum_dims = tuple(config.icl.curriculum_dims)
+  for key in ("curriculum_dims", "curriculum_points"):
+    if tuple(config.icl.get(key, ()) or ()):
+      for t in config.tasks:  # the same curriculum for every class
+        t[key] = tuple(config.icl[key])
   _, (state, fns, info) = train_mixture.train(config, return_state=True)
   test_sources = train_mixture.make_sources(config, config.get("eval_split", "test") or "test")
   mixture.check_sources(test_sources)

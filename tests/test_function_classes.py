@@ -139,3 +139,47 @@ def test_curriculum_on_the_dimension():
   assert not np.any(first["features"][:, 0::2, 2:DIM])  # the mixture passes the step
   with pytest.raises(ValueError, match="curriculum_dims"):
     F.function_class_source("linear_regression", curriculum_dims=(0, 1, 1))
+
+
+def test_curriculum_on_the_prompt_length_masks_the_loss_positions():
+  """Garg et al.'s curriculum on the number of points: at step t only the first n_t
+  positions enter the loss (a loss mask beside the label); the prompts are those of
+  the plain source, evaluation (no step) reads every position."""
+  from mtlx.data.specs import loss_mask_key
+  from mtlx.train import task_mask as TM
+  plain = F.function_class_source("linear_regression", dim=DIM, n_points=N)
+  src = F.function_class_source("linear_regression", dim=DIM, n_points=N,
+                                curriculum_points=(3, 2, 4))
+  key = loss_mask_key("linear_regression")
+  assert src.reads_step and key not in plain.read(np.arange(2))
+  for step, n_t in ((0, 3), (3, 3), (4, 5), (8, 7), (1000, N)):
+    part = src.read(np.arange(4), step)
+    np.testing.assert_array_equal(part["linear_regression"],
+                                  plain.read(np.arange(4))["linear_regression"])
+    np.testing.assert_array_equal(part[key], np.tile(np.arange(N) < n_t, (4, 1)))
+  np.testing.assert_array_equal(src.read(np.arange(2))[key], np.ones((2, N)))
+  # The mixture carries the mask under "<task>/loss_mask"; the task loss is the MSE over
+  # the masked positions of its own rows (NumPy reference), zeros in other tasks' rows.
+  other = F.function_class_source("relu2_nn", dim=DIM, n_points=N)
+  it = mixture.MixtureIterator([src, other], samplers.fixed([0.5, 0.5]), batch_size=8,
+                               seed=0, process_index=0, process_count=1)
+  next(it)
+  it.update(np.ones(2))
+  batch = next(it)  # step 1: n_t = 3
+  rows = batch["task_id"] == 0
+  np.testing.assert_array_equal(batch[key][rows], np.tile(np.arange(N) < 3, (rows.sum(), 1)))
+  assert not np.any(batch[key][~rows])
+  rng = np.random.default_rng(0)
+  preds = {t: rng.normal(size=(8, N)).astype(np.float32) for t in ("linear_regression",
+                                                                   "relu2_nn")}
+  tasks = mixture.check_sources([src, other]).tasks
+  losses, counts = TM.masked_task_losses(tasks, {k: jnp.asarray(v) for k, v in preds.items()},
+                                         {k: jnp.asarray(v) for k, v in batch.items()})
+  err = (preds["linear_regression"] - batch["linear_regression"]).astype(np.float64) ** 2
+  np.testing.assert_allclose(losses[0], err[rows][:, :3].mean(), rtol=1e-5)
+  err2 = (preds["relu2_nn"] - batch["relu2_nn"]).astype(np.float64) ** 2
+  np.testing.assert_allclose(losses[1], err2[~rows].mean(), rtol=1e-5)
+  with pytest.raises(ValueError, match="curriculum_points"):
+    F.function_class_source("linear_regression", curriculum_points=(3, 2))
+  with pytest.raises(ValueError, match="loss_mask"):
+    TM.per_example_loss("classification", jnp.zeros((2, 3)), jnp.zeros(2), jnp.ones((2, 3)))

@@ -89,7 +89,7 @@ def test_resume_continues_exactly(tmp_path):
       train_rows[-1]["examples/value"] == 12 * 16
 
 
-def test_icl_benchmark_writes_table_and_figure(tmp_path):
+def _icl_config(tmp_path):
   c = icl_function_classes.get_config()
   c.tasks = [c.tasks[0], c.tasks[1]]  # linear and sparse: keeps the test short
   c.sampler.weights = (1.0, 1.0)
@@ -105,6 +105,12 @@ def test_icl_benchmark_writes_table_and_figure(tmp_path):
   c.model_kwargs.depth = 1
   for t in c.tasks:
     t.dim, t.n_points = 4, 6
+  c.icl.curriculum = icl_function_classes.garg_curriculum(c.num_steps, 4, 6)
+  return c
+
+
+def test_icl_benchmark_writes_table_and_figure(tmp_path):
+  c = _icl_config(tmp_path)
   result = icl.run(c)
   assert set(result) == {"linear_regression", "sparse_linear_regression"}
   assert "lasso" in result["sparse_linear_regression"] and "lasso" not in result["linear_regression"]
@@ -115,6 +121,34 @@ def test_icl_benchmark_writes_table_and_figure(tmp_path):
   assert os.path.getsize(tmp_path / "icl" / "icl_curves.png") > 1000
   with open(tmp_path / "icl" / "icl_curves.json") as f:
     assert json.load(f) == result
+
+
+def test_compare_on_function_classes_plots_curves_and_runs_the_curriculum(tmp_path):
+  """experiments.compare on the ICL config: the `curriculum` line trains with Garg et
+  al.'s curriculum on the dimension and the prompt length (logged: its loss early on
+  reads the first positions only), and the curves of every line sit next to the
+  baselines in icl_curves.*."""
+  from experiments import compare
+  c = _icl_config(tmp_path)
+  assert tuple(c.icl.curriculum.points) == (5, 2, 2) and tuple(c.icl.curriculum.dims) == (2, 1, 1)
+  out = compare.compare(c, ["ls", "curriculum"], seeds=1, workdir=str(tmp_path / "cmp"),
+                        compilation_cache=False)
+  assert set(out["summary"]) >= {"single-task", "ls", "curriculum"}
+  with open(out["icl"]["curves"]) as f:
+    curves = json.load(f)
+  for cls in ("linear_regression", "sparse_linear_regression"):
+    assert {"ls", "curriculum", "least_squares", "3nn", "averaging"} <= set(curves[cls])
+    assert all(len(v) == 6 and np.all(np.isfinite(v)) for v in curves[cls].values())
+  assert curves["linear_regression"]["ls"] != curves["linear_regression"]["curriculum"]
+  assert os.path.getsize(out["icl"]["figure"]) > 1000 and out["icl"]["figure"] in out["plots"]
+  (run,) = os.listdir(tmp_path / "cmp" / "runs" / "curriculum")
+  with open(tmp_path / "cmp" / "runs" / "curriculum" / run / "config.json") as f:
+    tasks = json.load(f)["tasks"]
+  assert all(tuple(t["curriculum_points"]) == (5, 2, 2) and tuple(t["curriculum_dims"]) ==
+             (2, 1, 1) for t in tasks)
+  with pytest.raises(ValueError, match="curriculum"):
+    compare.compare(_config(tmp_path, 2), ["curriculum"], seeds=1,
+                    workdir=str(tmp_path / "bad"), compilation_cache=False)
 
 
 def test_compare_sweeps_samplers_with_single_task_baselines(tmp_path):

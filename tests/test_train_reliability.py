@@ -14,6 +14,7 @@ import pytest
 from configs import multi_digits as md_config
 from experiments import train as train_exp
 from mtlx import train as T
+from tests.conftest import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KW = dict(num_train=256, num_validation=32, num_test=64)
@@ -184,7 +185,7 @@ def test_checkpoint_write_failure_exits_promptly(data_dir, tmp_path):
   workdir = tmp_path / "run"
   ckpts = workdir / "checkpoints"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = FAST_COMPILE  # one device (no inherited device count), fast compiles
   cmd = [sys.executable, "-m", "experiments.train", "--config", "configs/multi_digits.py",
          f"--config.workdir={workdir}", f"--config.data_dir={data_dir}",
          "--config.num_steps=200000", "--config.checkpoint_every=200",

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mtlx import train as T
+from tests.conftest import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 600
@@ -41,7 +42,7 @@ def _cmd(workdir, data_dir, resume=False, engine="one_backward"):
 
 def _env():
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = FAST_COMPILE  # one device (no inherited device count), fast compiles
   return env
 
 

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtlx.data.specs import TaskSpec
+from mtlx.data.specs import loss_mask_key
 
 FUNCTION_CLASSES = ("linear_regression", "sparse_linear_regression",
                     "noisy_linear_regression", "relu2_nn", "decision_tree")
@@ -159,7 +160,7 @@ def _tokens_and_ys(key, indices, active_dims, **options):
 def function_class_source(function_class: str, *, split: str = "train", seed: int = 0,
                           dim: int = 20, n_points: int = 41, sparsity: int = 3,
                           noise_std: float = 1.0, hidden: int = 100, depth: int = 4,
-                          name: str = "", curriculum_dims=None):
+                          name: str = "", curriculum_dims=None, curriculum_points=None):
   """An endless `mtlx.data.sources.TaskSource` of one class's prompts.
 
   Input ``features`` float32 ``[2 n_points, dim + 1]`` (`prompt_tokens`); label
@@ -172,8 +173,17 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
   with ``dim = 20``): at training step ``t`` only the first
   ``curriculum_value(t, start, dim, increment, interval)`` coordinates of ``x`` are
   non-zero (the source then reads the step: ``read(indices, step)``; without a
-  step, as in evaluation, every coordinate is active). The prompt length stays
-  ``n_points`` (no curriculum on it).
+  step, as in evaluation, every coordinate is active).
+
+  ``curriculum_points = (start, increment, interval)`` (Garg et al.: ``(11, 2, 2000)``
+  with ``n_points = 41``): at step ``t`` only the first ``n_t =
+  curriculum_value(t, start, n_points, increment, interval)`` positions of each
+  prompt enter the loss. The source then also returns the task's loss mask
+  (`mtlx.data.specs.loss_mask_key`: 1 on positions ``< n_t``, all ones without a
+  step), and the loss is the MSE over those positions
+  (`mtlx.train.task_mask.masked_task_losses`). With a causal model (``icl_gpt``)
+  this is exactly training on prompts of ``n_t`` points: a prediction never reads a
+  later position, so the masked positions change nothing else.
   """
   from mtlx.data.sources import generator_source  # pylint: disable=import-outside-toplevel
   _check_class(function_class)
@@ -193,18 +203,14 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
   task = TaskSpec(name or function_class, "regression", int(n_points), ("mae",), (False,),
                   name or function_class)
 
-  if curriculum_dims is not None and len(curriculum_dims) == 0:
-    curriculum_dims = None  # () in a config: no curriculum
-  if curriculum_dims is not None:
-    if len(curriculum_dims) != 3 or min(int(v) for v in curriculum_dims) < 1:
-      raise ValueError(f"curriculum_dims={curriculum_dims}; expected (start, increment, "
-                       "interval) of positive ints.")
-    start, inc, every = (int(v) for v in curriculum_dims)
+  curriculum_dims = _curriculum("curriculum_dims", curriculum_dims)
+  curriculum_points = _curriculum("curriculum_points", curriculum_points)
+  mask_key = loss_mask_key(task.label_key)
 
   def generate(indices, step=None):
     active = dim
     if curriculum_dims is not None and step is not None:
-      active = curriculum_value(step, start, dim, inc, every)
+      active = curriculum_value(step, *curriculum_dims[:1], dim, *curriculum_dims[1:])
     idx = np.asarray(indices, np.int64).reshape(-1)
     m = len(idx)
     padded = np.zeros(-(-max(m, 1) // GENERATION_CHUNK) * GENERATION_CHUNK, np.int64)
@@ -214,10 +220,26 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
              for chunk in padded.reshape(-1, GENERATION_CHUNK)]
     tokens = np.concatenate([np.asarray(p[0]) for p in parts])[:m]
     ys = np.concatenate([np.asarray(p[1]) for p in parts])[:m]
-    return {"features": tokens.astype(np.float32), task.label_key: ys.astype(np.float32)}
+    out = {"features": tokens.astype(np.float32), task.label_key: ys.astype(np.float32)}
+    if curriculum_points is not None:
+      length = n_points if step is None else curriculum_value(
+          step, curriculum_points[0], n_points, *curriculum_points[1:])
+      out[mask_key] = np.broadcast_to(np.arange(n_points) < length,
+                                      (m, n_points)).astype(np.float32)
+    return out
 
   return generator_source(task, "features", (2 * int(n_points), int(dim) + 1), generate,
-                          reads_step=curriculum_dims is not None)
+                          reads_step=curriculum_dims is not None or curriculum_points is not None)
+
+
+def _curriculum(name, value):
+  """``(start, increment, interval)`` of positive ints, or None (``()`` in a config)."""
+  if value is None or len(value) == 0:
+    return None
+  if len(value) != 3 or min(int(v) for v in value) < 1 or any(int(v) != v for v in value):
+    raise ValueError(f"{name}={tuple(value)}; expected (start, increment, interval) of "
+                     "positive ints.")
+  return tuple(int(v) for v in value)
 
 
 # ---- metric and classical baselines --------------------------------------------------

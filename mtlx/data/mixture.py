@@ -27,7 +27,13 @@ Batch layout (NumPy, this host's ``b`` rows)::
 
   {input_key: float32 [b, *input_shape],
    "<task name>": label [b, ...] for every task (zeros in other tasks' rows),
+   "<task name>/loss_mask": float32 [b, ...] (only for sources that give one),
    "task_id": int32 [b]}
+
+A source may return, beside its label, keys ``label_key + "/<suffix>"`` (per-row
+extras of its label, e.g. `loss_mask_key`: which label entries enter the loss,
+for a curriculum on the prompt length); they are carried under ``"<task
+name>/<suffix>"`` (zeros in other tasks' rows).
 
 Per-task counts and presence are computed inside the jitted step from
 ``task_id`` (`mtlx.train.task_mask.task_presence`), so they are global sums on a
@@ -140,10 +146,16 @@ class MixtureIterator:
     return len(self.sources)
 
   @staticmethod
-  def _template(source):
+  def _template(source) -> dict:
+    """``{suffix: (shape, dtype)}`` of the label (suffix ``""``) and its extras."""
     one = source.read(np.zeros(1, np.int64))
-    lab = np.asarray(one[source.task.label_key])
-    return lab.shape[1:], lab.dtype
+    out = {}
+    for key, value in one.items():
+      suffix = _label_suffix(key, source.task.label_key)
+      if suffix is not None:
+        value = np.asarray(value)
+        out[suffix] = (value.shape[1:], value.dtype)
+    return out
 
   def plan(self, state: MixtureState | None = None):
     """``(counts [K], task [B], example [B])`` of the next global batch (no reading)."""
@@ -183,14 +195,17 @@ class MixtureIterator:
     info = self.info
     x = np.zeros((b,) + tuple(info.input_shape), np.float32)
     batch = {}
-    for k, (src, (shape, dtype)) in enumerate(zip(self.sources, self._templates)):
-      label = np.zeros((b,) + tuple(shape), dtype)
+    for k, (src, template) in enumerate(zip(self.sources, self._templates)):
+      labels = {suffix: np.zeros((b,) + tuple(shape), dtype)
+                for suffix, (shape, dtype) in template.items()}
       rows = np.flatnonzero(tasks == k)
       if len(rows):
         part = src.read(examples[rows], step) if src.reads_step else src.read(examples[rows])
         x[rows] = part[src.input_key]
-        label[rows] = part[src.task.label_key]
-      batch[info.tasks[k].name] = label
+        for suffix, label in labels.items():
+          label[rows] = part[src.task.label_key + suffix]
+      for suffix, label in labels.items():
+        batch[info.tasks[k].name + suffix] = label
     batch[info.input_key] = x
     batch[TASK_ID_KEY] = tasks.astype(np.int32)
     return batch
@@ -208,6 +223,15 @@ class MixtureIterator:
       sampler_state = self.sampler.update(self.state.sampler, counts, losses, step)
       self.state = self.state._replace(sampler=_as_numpy(sampler_state))
     self._pending = None
+
+
+def _label_suffix(key: str, label_key: str) -> str | None:
+  """``""`` for the label, ``"/<suffix>"`` for its extras, None for other keys."""
+  if key == label_key:
+    return ""
+  if key.startswith(label_key + "/"):
+    return key[len(label_key):]
+  return None
 
 
 def _as_numpy(tree):
@@ -231,9 +255,12 @@ def single_task_batches(sources: Sequence[TaskSource], task_index: int, *,
   for lo in range(0, n, batch_size):
     idx = np.arange(lo, min(lo + batch_size, n))
     part = source.read(idx)
-    batch = {t.name: np.zeros((len(idx),) + tuple(shape), dtype)
-             for t, (shape, dtype) in zip(info.tasks, templates)}
-    batch[info.tasks[task_index].name] = np.asarray(part[source.task.label_key])
+    batch = {t.name + suffix: np.zeros((len(idx),) + tuple(shape), dtype)
+             for t, template in zip(info.tasks, templates)
+             for suffix, (shape, dtype) in template.items()}
+    for suffix in templates[task_index]:
+      batch[info.tasks[task_index].name + suffix] = np.asarray(
+          part[source.task.label_key + suffix])
     batch[info.input_key] = np.asarray(part[source.input_key], np.float32)
     batch[TASK_ID_KEY] = np.full(len(idx), task_index, np.int32)
     yield batch

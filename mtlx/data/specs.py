@@ -103,3 +103,11 @@ def depth_task(name="depth", label_key=None):
 def normal_task(name="normal", label_key=None):
   return TaskSpec(name, "normal", 3, ("mean_angle", "median_angle"), (False, False),
                   label_key or name)
+
+
+def loss_mask_key(label_key: str) -> str:
+  """The batch key of a task's optional loss mask: ``label_key + "/loss_mask"``, a
+  float ``[b, *label_shape]`` of 0/1 (which label entries enter the task's loss; e.g.
+  the prompt positions of a curriculum on prompt length). Read by
+  `mtlx.train.task_mask.masked_task_losses`; regression and binary tasks only."""
+  return label_key + "/loss_mask"

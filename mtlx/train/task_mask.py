@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import optax
 
 from mtlx import validation
+from mtlx.data.specs import loss_mask_key
 
 
 def task_presence(task_id: jax.Array, num_tasks: int) -> tuple[jax.Array, jax.Array]:
@@ -64,14 +65,22 @@ def task_presence(task_id: jax.Array, num_tasks: int) -> tuple[jax.Array, jax.Ar
   return counts, counts > 0
 
 
-def per_example_loss(kind: str, pred: jax.Array, label: jax.Array) -> jax.Array:
+def per_example_loss(kind: str, pred: jax.Array, label: jax.Array,
+                     loss_mask: jax.Array | None = None) -> jax.Array:
   """``[B]`` per-example losses, the per-row terms of `mtlx.train.task_loss`.
 
   classification: softmax cross-entropy; binary: sigmoid cross-entropy (mean over
   its outputs); regression: squared error averaged over the output axes (the mean
   over rows is then the mean squared error over rows and outputs).
+
+  ``loss_mask`` (regression and binary; 0/1, the label's shape): the row's loss is
+  the mean over the entries where it is 1 (``Σ m e / max(Σ m, 1)``), e.g. the first
+  ``n_t`` positions of a prompt under a curriculum on prompt length.
   """
   b = pred.shape[0]
+  if loss_mask is not None and kind not in ("binary", "regression"):
+    raise ValueError(f"loss_mask for a task of kind {kind!r}; expected a 'regression' "
+                     "or 'binary' task (a mask over its label entries).")
   if kind == "classification":
     return optax.softmax_cross_entropy_with_integer_labels(
         pred, label.reshape(b).astype(jnp.int32))
@@ -81,7 +90,10 @@ def per_example_loss(kind: str, pred: jax.Array, label: jax.Array) -> jax.Array:
       err = optax.sigmoid_binary_cross_entropy(pred, lab)
     else:
       err = (pred - lab) ** 2
-    return jnp.mean(err.reshape(b, -1), axis=1)
+    if loss_mask is None:
+      return jnp.mean(err.reshape(b, -1), axis=1)
+    m = jnp.asarray(loss_mask).reshape(err.shape).astype(err.dtype).reshape(b, -1)
+    return jnp.sum(err.reshape(b, -1) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1)
   raise ValueError(f"task kind {kind!r} in a mixture; expected one of "
                    "['classification', 'binary', 'regression'] (per-example losses).")
 
@@ -90,12 +102,14 @@ def masked_task_losses(tasks: Sequence[Any], outputs: dict, batch: dict, *,
                        task_id_key: str = "task_id") -> tuple[jax.Array, jax.Array]:
   """``(losses [K], counts [K])``: each task's mean loss over its own rows (0 when
   absent), from model outputs ``{task name: pred [B, ...]}`` and a mixture batch
-  (labels under the task names, rows' tasks under ``task_id_key``)."""
+  (labels under the task names, rows' tasks under ``task_id_key``, optional loss
+  masks under `mtlx.data.specs.loss_mask_key`; see `per_example_loss`)."""
   task_id = batch[task_id_key]
   counts, _ = task_presence(task_id, len(tasks))
   losses = []
   for k, t in enumerate(tasks):
-    per_row = per_example_loss(t.kind, outputs[t.name], batch[t.label_key])
+    per_row = per_example_loss(t.kind, outputs[t.name], batch[t.label_key],
+                               batch.get(loss_mask_key(t.label_key)))
     rows = (task_id == k).astype(per_row.dtype)
     losses.append(jnp.sum(per_row * rows) / jnp.maximum(counts[k], 1).astype(per_row.dtype))
   return jnp.stack(losses), counts
@@ -144,7 +158,9 @@ def mask_absent_tasks(inner: optax.GradientTransformation, *, num_tasks: int,
 
   Absent tasks' losses are replaced by ``fill_loss`` for the update and their
   entries of the new state keep their old values (module docstring). Without
-  ``task_mask`` (or with every task present) it is ``inner`` exactly.
+  ``task_mask`` (or with every task present) it is ``inner`` exactly. The mask is
+  not forwarded to ``inner``: MGDA's restriction to the present tasks
+  (``mtlx.mgda().update(..., task_mask=m)``) is what ``make_step`` adds.
 
   Args:
     inner: any transform of the stacked per-task grads (loss-space or
