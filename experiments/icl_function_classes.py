@@ -25,6 +25,7 @@ averaging on every class, the lasso on ``sparse_linear_regression``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -67,7 +68,9 @@ def variant_config(config, variant):
   """``config`` with one comparison variant's overrides: ``sampler`` (a dict of
   sampler keys), ``method``, ``weighting``, ``curriculum_dims``, ``curriculum_points``;
   its own workdir."""
-  c = config.copy_and_resolve_references()
+  # a deep copy: the per-task source configs in config.tasks are ConfigDicts that the
+  # variant's curriculum is written into (they must not leak into later variants)
+  c = copy.deepcopy(config.copy_and_resolve_references())
   with c.unlocked():
     for key in ("method", "weighting"):
       if variant.get(key):
@@ -122,11 +125,16 @@ def figure(result: dict, path: str) -> None:
   plt.close(fig)
 
 
-def _train_curves(config, label, baselines):
+def _apply_curriculum(config) -> None:
+  """Writes ``config.icl``'s curricula into every per-task source config."""
   for key in ("curriculum_dims", "curriculum_points"):
     if tuple(config.icl.get(key, ()) or ()):
       for t in config.tasks:  # the same curriculum for every class
         t[key] = tuple(config.icl[key])
+
+
+def _train_curves(config, label, baselines):
+  _apply_curriculum(config)
   _, (state, fns, info) = train_mixture.train(config, return_state=True)
   test_sources = train_mixture.make_sources(config, config.get("eval_split", "test") or "test")
   mixture.check_sources(test_sources)

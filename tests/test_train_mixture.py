@@ -123,6 +123,18 @@ def test_icl_benchmark_writes_table_and_figure(tmp_path):
     assert json.load(f) == result
 
 
+def test_a_variants_curriculum_does_not_leak_into_the_next_variant(tmp_path):
+  c = _icl_config(tmp_path)
+  garg = dict(curriculum_dims=(2, 1, 1), curriculum_points=(5, 2, 2))
+  curric = icl.variant_config(c, {"name": "curriculum", "method": "ls", **garg})
+  icl._apply_curriculum(curric)  # noqa: SLF001 (what training does to its config)
+  plain = icl.variant_config(c, {"name": "plain", "method": "ls"})
+  icl._apply_curriculum(plain)  # noqa: SLF001
+  assert all(tuple(t.curriculum_points) == (5, 2, 2) for t in curric.tasks)
+  assert all(tuple(t.curriculum_points) == () and tuple(t.curriculum_dims) == ()
+             for t in list(plain.tasks) + list(c.tasks))
+
+
 def test_compare_on_function_classes_plots_curves_and_runs_the_curriculum(tmp_path):
   """experiments.compare on the ICL config: the `curriculum` line trains with Garg et
   al.'s curriculum on the dimension and the prompt length (logged: its loss early on
