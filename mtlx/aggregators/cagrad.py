@@ -33,14 +33,39 @@ def _face_closed_form(gramian, b, r, mask):
   return (mu * x - y) / root
 
 
-def _min_row_gain(gramian, w):
-  """``min_k ⟨g_k, d⟩`` for ``d = Jᵀw`` (``J d = G w``): the CAGrad primal objective."""
-  return jnp.min(gramian @ w)
+def _min_row_gain(gramian, w, present=None):
+  """``min_k ⟨g_k, d⟩`` for ``d = Jᵀw`` (``J d = G w``): the CAGrad primal objective
+  (over the present tasks ``k`` when ``present`` is given)."""
+  gains = gramian @ w
+  return jnp.min(gains if present is None else jnp.where(present, gains, jnp.inf))
+
+
+def _present_problem(gramian, task_mask, dtype):
+  """CAGrad's data for the present tasks, embedded in ``K × K`` with phantom tasks.
+
+  Returns ``(g, b, g0_sq, uniform, count, present, mf)``: ``g`` is the present
+  block of the Gramian divided by its mean diagonal, the absent rows and columns
+  replaced by those of ``I`` (decoupled orthogonal unit tasks); ``b = g m/n`` (0
+  on absent tasks), ``g0_sq = ‖g_0‖²`` and ``uniform = m/n`` for the ``n``
+  present tasks.
+  """
+  k = gramian.shape[-1]
+  validation.check_vector(task_mask, k, "task_mask")
+  present = jnp.asarray(task_mask).astype(bool)
+  mf = present.astype(dtype)
+  count = jnp.sum(mf)
+  n_safe = jnp.maximum(count, 1.0)
+  block = gramian.astype(dtype) * (mf[:, None] * mf[None, :])
+  s = jnp.trace(block) / n_safe
+  g = block / jnp.where(s > 0, s, jnp.ones_like(s)) + jnp.diag(1.0 - mf)
+  b = (g @ mf) / n_safe
+  return g, b, jnp.sum(b) / n_safe, mf / n_safe, count, present, mf
 
 
 def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
                    num_iters: int = 30, qp_iters: int = 30,
-                   scale_by_num_tasks: bool = False) -> jax.Array:
+                   scale_by_num_tasks: bool = False,
+                   task_mask: jax.Array | None = None) -> jax.Array:
   """CAGrad weights of the Gramian.
 
   With ``g_0 = (1/K) Σ g_k``, ``b = J g_0 = G 1/K`` and ``r = c ‖g_0‖``, the
@@ -81,16 +106,34 @@ def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
   k = gramian.shape[-1]
   dtype = jnp.promote_types(gramian.dtype, jnp.float32)
   eps = jnp.finfo(dtype).eps
-  s = jnp.trace(gramian).astype(dtype) / k
-  g = gramian.astype(dtype) / jnp.where(s > 0, s, jnp.ones_like(s))
-  b = jnp.mean(g, axis=1)
-  g0_sq = jnp.mean(b)
+  if task_mask is None:
+    present = None
+    n = k
+    s = jnp.trace(gramian).astype(dtype) / k
+    g = gramian.astype(dtype) / jnp.where(s > 0, s, jnp.ones_like(s))
+    b = jnp.mean(g, axis=1)
+    g0_sq = jnp.mean(b)
+  else:
+    g, b, g0_sq, uniform, n, present, mf = _present_problem(gramian, task_mask, dtype)
   r = c * jnp.sqrt(jnp.maximum(g0_sq, 0.0))
   r_safe = jnp.where(r > 0, r, jnp.ones_like(r))
-  uniform = jnp.full((k,), 1.0 / k, dtype)
+  if present is None:  # (here: the unmasked path traces exactly as before the mask)
+    uniform = jnp.full((k,), 1.0 / k, dtype)
 
   lip = solvers._lipschitz(g)  # pylint: disable=protected-access
-  n_max = jnp.max(jacobian.task_norms(g))
+  norms = jacobian.task_norms(g)
+  if present is None:
+    n_max = jnp.max(norms)
+    linear = lambda tau: tau * b
+    b_nonneg = b
+  else:
+    n_max = jnp.max(jnp.where(present, norms, 0.0))
+    # Absent vertices are never optimal: their linear term exceeds the multiplier
+    # μ(τ) = uᵀGu + τ bᵀu ≤ max_k G_kk + τ max_k |b_k| of the present solution u.
+    d_max = jnp.max(jnp.where(present, jnp.diagonal(g), 0.0))
+    b_max = jnp.max(jnp.abs(b))
+    linear = lambda tau: tau * b + (1.0 - mf) * (1.0 + 2.0 * (d_max + tau * b_max))
+    b_nonneg = b + (1.0 - mf)
   full = k + solvers.QP_REFINE
 
   # One loop, one QP call site (compiles once): step 0 is the min-norm point
@@ -103,7 +146,7 @@ def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
     tau = jnp.where(first, 0.0, jnp.exp(log_tau))
     # The active-set phase stops as soon as the KKT conditions hold, so the static
     # cap ``full`` costs only the face solves each step needs.
-    w = solvers.simplex_qp(g, tau * b, num_iters=qp_iters, num_refine=full,
+    w = solvers.simplex_qp(g, linear(tau), num_iters=qp_iters, num_refine=full,
                            init=w, lipschitz=lip)
     norm = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
     below = r * tau < norm
@@ -114,10 +157,11 @@ def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
 
   log_hi = jnp.log((n_max + eps) / r_safe)
   _, _, w = jax.lax.fori_loop(0, num_iters + 2, body, (log_hi, log_hi, uniform))
-  polished = _face_closed_form(g, b, r, w > 0)
+  support = w > 0 if present is None else (w > 0) & present
+  polished = _face_closed_form(g, b, r, support)
   f_w, f_p = _objective(g, b, r, w), _objective(g, b, r, polished)
   ok = (jnp.all(jnp.isfinite(polished)) & jnp.all(polished >= 0)
-        & (jnp.abs(jnp.sum(polished) - 1.0) <= 64 * k * eps)
+        & (jnp.abs(jnp.sum(polished) - 1.0) <= 64 * n * eps)
         & (f_p <= f_w + 16 * eps * (jnp.abs(f_w) + 1.0)))
   w = jnp.where(ok, polished, w)
   norm = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
@@ -125,17 +169,19 @@ def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
   dual_weights = uniform + lam * w
 
   # The projection of g_0 on {d : J d >= 0} (optimal when it lies in the ball).
-  mu = solvers.nonneg_qp(g, b, lipschitz=lip)
+  mu = solvers.nonneg_qp(g, b_nonneg, lipschitz=lip)
   proj_weights = uniform + mu
-  in_ball = mu @ g @ mu <= (r * r) * (1.0 + 64 * k * eps) + 64 * k * eps * g0_sq
-  better = (_min_row_gain(g, proj_weights)
-            >= _min_row_gain(g, dual_weights) - 64 * k * eps * (1.0 + g0_sq))
+  in_ball = mu @ g @ mu <= (r * r) * (1.0 + 64 * n * eps) + 64 * n * eps * g0_sq
+  better = (_min_row_gain(g, proj_weights, present)
+            >= _min_row_gain(g, dual_weights, present) - 64 * n * eps * (1.0 + g0_sq))
   weights = jnp.where(in_ball & better & (r > 0), proj_weights, dual_weights)
+  if present is not None:
+    weights = jnp.where(present, weights, 0.0)
   # Propagate non-finite Gramians (the guards above would otherwise hide them).
   weights = weights + 0.0 * jnp.sum(gramian)
   if rescale:
     weights = weights / (1.0 + c * c)
-  return weights * k if scale_by_num_tasks else weights
+  return weights * n if scale_by_num_tasks else weights
 
 
 def cagrad(c: float = 0.4, *, rescale: bool = True, num_iters: int = 30,
@@ -191,8 +237,10 @@ def cagrad(c: float = 0.4, *, rescale: bool = True, num_iters: int = 30,
   validation.check_number(qp_iters, "qp_iters", low=1, integer=True, method="cagrad")
   if not c >= 0:
     raise ValueError(f"c={c!r}; expected a number >= 0.")
-  def weighting(gramian):
+  def weighting(gramian, *, task_mask=None):
     return cagrad_weights(gramian, c, rescale=rescale, num_iters=num_iters,
-                          qp_iters=qp_iters, scale_by_num_tasks=scale_by_num_tasks)
+                          qp_iters=qp_iters, scale_by_num_tasks=scale_by_num_tasks,
+                          task_mask=task_mask)
 
-  return gramian_weighting(weighting, name="cagrad", scale_invariant=True)
+  return gramian_weighting(weighting, name="cagrad", extras=("task_mask",),
+                           scale_invariant=True)
