@@ -137,16 +137,28 @@ def test_param_aware_task_axes():
   assert axes(None, jnp.zeros(3, jnp.bool_)) == ()
 
 
-@pytest.mark.parametrize("engine", ["gramian", "jacobian", "representation"])
-def test_mgda_acts_on_the_present_tasks_on_every_engine(engine):
-  """Without the mask MGDA's min-norm point is the absent task's zero row (no step);
-  the step hands MGDA the mask: its weights are the present rows' min-norm point."""
+def _restricted_weights(method, rows):
+  """The float64 NumPy reference's weights of the rows ``rows`` (the present tasks)."""
   from tests.reference import aggregators_ref as ref
+  if method == "mgda":
+    return ref.simplex_qp(rows @ rows.T, np.zeros(len(rows)))
+  # CAGrad (c = 0.4, rescaled): its direction written on the (independent) rows.
+  return np.linalg.lstsq(rows.T, ref.cagrad(rows, 0.4), rcond=None)[0]
+
+
+@pytest.mark.parametrize("method,engine", [("mgda", "gramian"), ("mgda", "jacobian"),
+                                           ("mgda", "representation"),
+                                           ("cagrad", "gramian"), ("cagrad", "jacobian")])
+def test_simplex_methods_act_on_the_present_tasks_on_every_engine(method, engine):
+  """Without the mask MGDA's min-norm point is the absent task's zero row (no step)
+  and CAGrad's mean and simplex include it; the step hands them the mask: their
+  weights are those of the present rows alone (absent: 0)."""
   params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), _params())
   batch = jax.tree_util.tree_map(
       lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, _batch(1, NO_B))
   rep = mtrain.Representation(encode, heads) if engine == "representation" else None
-  st = mtrain.make_step(loss_fn, grad_tx=mtlx.mgda(), optimizer=optax.sgd(0.1),
+  grad_tx = mtlx.mgda() if method == "mgda" else mtlx.cagrad(0.4)
+  st = mtrain.make_step(loss_fn, grad_tx=grad_tx, optimizer=optax.sgd(0.1),
                         engine=engine, representation=rep, task_mask="task_id")
   state, info = st.step(st.init(params, batch), batch)
   present = np.array([True, False, True])
@@ -158,8 +170,8 @@ def test_mgda_acts_on_the_present_tasks_on_every_engine(engine):
     rows = np.concatenate([np.asarray(x).reshape(K, -1) for x in jax.tree_util.tree_leaves(tg)],
                           axis=1)
   assert np.all(rows[1] == 0)
-  alpha = ref.simplex_qp(rows[present] @ rows[present].T, np.zeros(2))
-  np.testing.assert_allclose(np.asarray(info["weights"])[present], alpha, rtol=1e-7, atol=1e-9)
+  np.testing.assert_allclose(np.asarray(info["weights"])[present],
+                             _restricted_weights(method, rows[present]), rtol=1e-7, atol=1e-9)
   assert np.asarray(info["weights"])[1] == 0
   moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
       jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(params)))

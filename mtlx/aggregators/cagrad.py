@@ -102,6 +102,33 @@ def cagrad_weights(gramian: jax.Array, c: float = 0.4, *, rescale: bool = True,
   feasible and not worse. The primal value ``min_k ⟨g_k, d⟩`` then reaches the
   optimum to within ``1e-9 max_k ‖g_k‖²`` in float64 (tested against an exact
   enumeration on degenerate 2-D cases, K = 2…5, c = 0.5, 1, 2).
+
+  ``task_mask`` ([K] bool, optional; the tasks present in the step): the weights
+  are exactly CAGrad of the ``n`` present tasks' rows alone (``g_0`` their mean,
+  ``r = c‖g_0‖``, the simplex ``Δ_n``, the degenerate branch, ``1/(1 + c²)`` and
+  ``× n`` with ``scale_by_num_tasks``), 0 on the absent tasks, whatever their
+  (finite) rows; no present task: all-zero weights. Static shapes; exactness:
+
+  * the absent rows and columns of ``G`` are replaced by those of ``I`` (orthogonal
+    unit "phantom" tasks, after the present block is divided by its own mean
+    diagonal) and ``b = G m/n``, ``‖g_0‖² = mᵀb/n``, the uniform weights ``m/n``,
+    ``max_k ‖g_k‖`` are taken over the present tasks: every quantity of the
+    ``n``-task problem, embedded with zeros;
+  * each path QP ``min_{w∈Δ_K} ½wᵀGw + τbᵀw + Σ_{absent j} M(τ) w_j`` with
+    ``M(τ) = 1 + 2(max_{present} G_kk + τ max_k |b_k|)``: if ``u`` solves the
+    ``n``-task QP with multiplier ``μ = uᵀGu + τbᵀu ≤ max G_kk + τ max |b_k|``,
+    then ``(u, 0)`` meets the KKT conditions of the K-task QP, the absent
+    coordinates with the strict margin ``M(τ) - μ ≥ 1 + max G_kk + τ max|b_k|``
+    (their rows of ``G`` are 0 off the diagonal). ``Gw`` is the same at every
+    minimiser of a convex QP, so ``G_jj w_j = 0``, i.e. ``w_j = 0``, at all of
+    them: the path (hence the bisection, the root and the face polish, done on
+    the present support) is the ``n``-task one;
+  * the projection QP ``min_{μ≥0} ½μᵀGμ + (b + 1 - m)ᵀμ`` decouples into the
+    ``n``-task one and ``½μ_j² + μ_j`` (minimum at ``μ_j = 0``), and the primal
+    values compared are ``min_k`` over the present tasks.
+
+  With every task present the numbers match the unmasked ones to rounding
+  (tested); ``task_mask=None`` runs the unmasked computation unchanged.
   """
   k = gramian.shape[-1]
   dtype = jnp.promote_types(gramian.dtype, jnp.float32)
@@ -201,6 +228,13 @@ def cagrad(c: float = 0.4, *, rescale: bool = True, num_iters: int = 30,
   the optimal update closest to ``g_0``, the projection of ``g_0`` on
   ``{d : ⟨g_k, d⟩ ≥ 0 ∀k}`` (non-conflicting; TorchJD returns 0 there).
 
+  Given the keyword extra ``task_mask`` ([K] bool; `mtlx.train.make_step` passes
+  it when built with ``task_mask=``), the update is exactly CAGrad on the present
+  tasks' rows (``g_0`` their mean, the simplex over them; absent tasks: weight 0;
+  see :func:`cagrad_weights` for the construction and its exactness). Without it
+  an absent task's zero row counts in ``g_0`` and its vertex of the simplex (where
+  ``⟨g_0, g_w⟩ + r‖g_w‖ = 0``) may be the dual optimum.
+
   Conventions: the authors' code multiplies the update by K
   (``scale_by_num_tasks=True``) and divides by ``1 + c²`` (``rescale=True``, the
   default here); TorchJD does neither.
@@ -225,7 +259,8 @@ def cagrad(c: float = 0.4, *, rescale: bool = True, num_iters: int = 30,
   finite for zero or duplicated rows; non-finite rows propagate.
 
   Raises:
-    ValueError: ``c < 0``.
+    ValueError: ``c < 0``; a ``task_mask`` that is not of shape ``[K]`` (at trace
+      time).
 
   Cost: the Gramian (``K² P``); on ``K×K``: one eigenvalue, ``num_iters + 2``
   simplex QPs (``qp_iters`` FISTA steps and 4, or ``K + 8`` for the first and

@@ -34,7 +34,7 @@ def _check_extras(extras: Sequence[str], label: str) -> tuple[str, ...]:
 # Extras a weighting may declare but that are not required: ``task_mask`` ([K] bool,
 # the tasks present in the step; `mtlx.train.make_step(task_mask=...)` passes it to
 # the weightings that declare it, e.g. MGDA, whose min-norm point otherwise collapses
-# to the zero gradient of an absent task).
+# to the zero gradient of an absent task, and CAGrad).
 OPTIONAL_EXTRAS = ("task_mask",)
 
 

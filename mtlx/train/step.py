@@ -380,7 +380,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       old values (:func:`mtlx.train.task_mask.keep_absent`), ``info['losses']``
       holds the masked losses and ``info['weights']`` the weights (0 when absent:
       they multiply zero rows) and ``info['task_mask']`` the mask.
-      Weightings that declare the optional extra ``task_mask`` (MGDA) are given
+      Weightings that declare the optional extra ``task_mask`` (MGDA, CAGrad) are given
       the mask and act on the present tasks only; the others see the absent
       tasks' zero rows (module :mod:`mtlx.train.task_mask`). ``None`` (default): every task is
       present, the step is exactly the unmasked one.

@@ -26,11 +26,13 @@ Caveat (gradient-space methods): the update sees the absent tasks' zero gradient
 rows. Weightings that ignore a zero row (linear scalarization, UPGrad, PCGrad,
 GradVac, …) then act on the present tasks only; min-norm methods do not: the
 convex hull contains 0, so their direction collapses to 0 on such a step. MGDA
-therefore declares the optional extra ``task_mask`` and ``make_step`` passes the
-mask to it: its simplex is restricted to the present tasks
-(`mtlx.aggregators.mgda.restricted_min_norm`). With the other simplex methods
-(CAGrad, SDMGrad, MoDo) prefer samplers that keep every task present (large
-batches, no ``unmixed``). Nash-MTL and FairGrad
+and CAGrad therefore declare the optional extra ``task_mask`` and ``make_step``
+passes the mask to them: their simplex is restricted to the present tasks
+(`mtlx.aggregators.mgda.restricted_min_norm`; CAGrad also takes ``g_0`` as the
+mean of the present rows, `mtlx.aggregators.cagrad.cagrad_weights`), exactly
+the method on the present tasks' rows. With the other simplex methods (SDMGrad,
+MoDo) prefer samplers that keep every task present (large batches, no
+``unmixed``). Nash-MTL and FairGrad
 put a large weight on the zero row (their equation for it has no finite solution);
 it multiplies zero, and the present tasks' weights solve their own sub-system.
 
