@@ -549,9 +549,9 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
       print(f"[{done}/{total}] single-task {t.name} seed {s} ({time.time() - t0:.0f} s)",
             flush=True)
     for label, method, weighting in specs:
-      results[(label, s)] = run_one(
-          *_line_run(config, label, workdir, len(tasks)), seed=s, method=method,
-          weighting=weighting, **_line_tasks(config, label, tasks, multi, sampler_of))
+      line, rundir, data = _line(config, label, workdir, tasks, multi, sampler_of)
+      results[(label, s)] = run_one(line, rundir, seed=s, method=method,
+                                    weighting=weighting, **data)
       done += 1
       print(f"[{done}/{total}] {label} seed {s} ({time.time() - t0:.0f} s)", flush=True)
   labels = [l for l, _, _ in specs]
@@ -571,16 +571,12 @@ def compare(config, methods, *, seeds: int, workdir: str, protocol: str = "",
   return out
 
 
-def _line_run(config, label, workdir, num_tasks):
-  return (seed_line_config(config, label, num_tasks),
-          os.path.join(workdir, "runs", _dirname(label)))
-
-
-def _line_tasks(config, label, tasks, multi, sampler_of) -> dict:
-  if not multi:
-    return {"tasks": ",".join(t.name for t in tasks)}
+def _line(config, label, workdir, tasks, multi, sampler_of):
+  """``(line config, run directory, run_one's tasks / sampler)`` of one compare line."""
   line = seed_line_config(config, label, len(tasks))
-  return {"tasks": list(line.tasks), "sampler": sampler_of[label]}
+  data = ({"tasks": list(line.tasks), "sampler": sampler_of[label]} if multi
+          else {"tasks": ",".join(t.name for t in tasks)})
+  return line, os.path.join(workdir, "runs", _dirname(label)), data
 
 
 def write_icl_curves(config, specs, sampler_of, seed: int, workdir: str) -> dict:
@@ -592,9 +588,8 @@ def write_icl_curves(config, specs, sampler_of, seed: int, workdir: str) -> dict
   from experiments import train_mixture  # pylint: disable=import-outside-toplevel
   result, dim = {}, None
   for i, (label, method, weighting) in enumerate(specs):
-    run = run_config(*_line_run(config, label, workdir, len(config.tasks)), seed=seed,
-                     method=method, weighting=weighting,
-                     **_line_tasks(config, label, config.tasks, True, sampler_of))
+    line, rundir, data = _line(config, label, workdir, config.tasks, True, sampler_of)
+    run = run_config(line, rundir, seed=seed, method=method, weighting=weighting, **data)
     with run.unlocked():
       run.resume = True  # the finished run: restore its final state, train no step
     _, (state, fns, info) = train_mixture.train(run, return_state=True)

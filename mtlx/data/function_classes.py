@@ -210,7 +210,8 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
   def generate(indices, step=None):
     active = dim
     if curriculum_dims is not None and step is not None:
-      active = curriculum_value(step, *curriculum_dims[:1], dim, *curriculum_dims[1:])
+      start, increment, interval = curriculum_dims
+      active = curriculum_value(step, start, dim, increment, interval)
     idx = np.asarray(indices, np.int64).reshape(-1)
     m = len(idx)
     padded = np.zeros(-(-max(m, 1) // GENERATION_CHUNK) * GENERATION_CHUNK, np.int64)
@@ -222,8 +223,10 @@ def function_class_source(function_class: str, *, split: str = "train", seed: in
     ys = np.concatenate([np.asarray(p[1]) for p in parts])[:m]
     out = {"features": tokens.astype(np.float32), task.label_key: ys.astype(np.float32)}
     if curriculum_points is not None:
-      length = n_points if step is None else curriculum_value(
-          step, curriculum_points[0], n_points, *curriculum_points[1:])
+      length = n_points
+      if step is not None:
+        start, increment, interval = curriculum_points
+        length = curriculum_value(step, start, n_points, increment, interval)
       out[mask_key] = np.broadcast_to(np.arange(n_points) < length,
                                       (m, n_points)).astype(np.float32)
     return out
