@@ -103,6 +103,40 @@ def _ridge(dtype, k):
   return jnp.sqrt(jnp.finfo(dtype).eps) * 1e-2 * k
 
 
+#: Work (flop) of one LAPACK call that jaxlib's CPU kernels always run inline:
+#: they split a batch over the intra-op thread pool past 2·10⁵ flop.
+_INLINE_FLOP = 2e4
+
+
+def _per_matrix(fn, k):
+  """``jax.vmap(fn)`` over the leading axis (a batch of ``K × K`` systems), except
+  on a CPU backend with several devices, where the batch is cut into chunks of
+  at most ``_INLINE_FLOP / (K³/3)`` matrices, run one after another
+  (``lax.map(..., batch_size=)``).
+
+  Why: jaxlib's CPU LAPACK kernels split a batch whose work passes about
+  2·10⁵ flop over XLA:CPU's intra-op thread pool and wait for the pieces from
+  inside a thread of that same pool. That pool has ``max(cores, devices)``
+  threads; when every one is running a device's program (emulated devices,
+  ``--xla_force_host_platform_device_count``, the usual way to try a mesh on a
+  laptop or in CI), no thread is left to run the pieces and the step hangs:
+  UPGrad at K = 32 on 8 emulated devices of a 2-core host did
+  (``benchmarks/repro/mesh_k32_stall.py``). One device, GPUs and TPUs keep
+  the batched call. Cost where it applies (2 cores): UPGrad's weights at
+  K = 32 take 1.9 ms instead of 1.0 ms; at K = 64, 9.5 ms instead of 8.2 ms.
+  """
+  batched = jax.vmap(fn)
+  chunk = max(1, int(_INLINE_FLOP // (k ** 3 / 3)))
+
+  def per_matrix(*args):
+    if chunk >= args[0].shape[0] or jax.local_device_count("cpu") < 2:
+      return batched(*args)
+    chunked = lambda *a: jax.lax.map(lambda xs: fn(*xs), a, batch_size=chunk)
+    return jax.lax.platform_dependent(*args, cpu=chunked, default=batched)
+
+  return per_matrix
+
+
 def _face_solver(q_mat, masks):
   """Solver of the batch of face systems ``A_m z = b`` with
   ``A_m = M Q M + (I - M)`` (``M = diag(mask_m)``), one per row of ``masks``:
@@ -120,8 +154,8 @@ def _face_solver(q_mat, masks):
     return m[..., None] * jnp.einsum("kl,mlr->mkr", q_mat, m[..., None] * z) + (1 - m)[..., None] * z
 
   a = q_mat[None] * m[:, :, None] * m[:, None, :] + jax.vmap(jnp.diag)(1.0 - m)
-  chol = jnp.linalg.cholesky(a + jax.vmap(jnp.diag)(_ridge(dtype, k) * m))
-  sol = jax.vmap(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r))
+  chol = _per_matrix(jnp.linalg.cholesky, k)(a + jax.vmap(jnp.diag)(_ridge(dtype, k) * m))
+  sol = _per_matrix(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r), k)
 
   def solve3(b):
     z = sol(chol, b)

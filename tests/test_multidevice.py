@@ -59,6 +59,20 @@ def test_every_method_every_mesh_matches_one_device(results):
       assert any("model" in s for s in r["param_specs"]), (key, r)
 
 
+def test_upgrad_at_k32_on_eight_devices_factorises_inline(results):
+  """On a multi-device CPU backend no LAPACK call gets a batch that jaxlib would
+  split over XLA:CPU's intra-op pool (> 2e5 flop): with every pool thread running
+  a device's program, such a call waits forever (a K = 32 UPGrad step hung on 8
+  emulated devices). The weights still equal one device's."""
+  r = results["large_k_solver"]
+  assert r["num_tasks"] == 32 and r["scale"] > 0
+  assert r["max_abs"] <= 1e-6 * r["scale"], r
+  factorisations = [c for c in r["lapack_calls"] if c[0].endswith("potrf_ffi")]
+  assert factorisations and all(n == 32 for _, _, n in factorisations), r["lapack_calls"]
+  for target, batch, n in r["lapack_calls"]:
+    assert batch * n ** 3 / 3 < 2e5, (target, batch, n)
+
+
 def test_autogram_step_on_mesh_matches_one_device(results):
   assert results["autogram"]["max_rel"] <= 1e-5
 

@@ -1,17 +1,26 @@
-"""Repro (not a test): a K = 32 UPGrad train step on 8 emulated CPU devices stalls.
+"""Repro (not a test): a K = 32 UPGrad train step on 8 emulated CPU devices stalled.
 
   python benchmarks/repro/mesh_k32_stall.py K DATAxMODELxTASK METHOD ENGINE
-  python benchmarks/repro/mesh_k32_stall.py 32 8x1x1 upgrad gramian   # stalls (0 % CPU)
+  python benchmarks/repro/mesh_k32_stall.py 32 8x1x1 upgrad gramian   # stalled before session 5
   python benchmarks/repro/mesh_k32_stall.py 32 2x1x1 upgrad gramian   # ok
   python benchmarks/repro/mesh_k32_stall.py 32 8x1x1 ls jacobian      # ok
   python benchmarks/repro/mesh_k32_stall.py 8 2x4x1 upgrad jacobian   # ok
 
 Seen on the 2-core CPU box (2026-12-06, jax 0.10.2): with 8 emulated devices and
-K = 32, the UPGrad step (gramian and jacobian engines) stops using CPU after compiling
-and never returns; 2 emulated devices, K <= 8, or LS at K = 32 run. The compiled step
-has no collective inside any while loop (checked in its HLO), so the devices cannot
-disagree on a loop's trip count; suspected: XLA:CPU's emulated devices starving for
-threads on a 2-core host. Unresolved: rerun on a real multi-device machine.
+K = 32, the UPGrad step (gramian and jacobian engines) stopped using CPU after
+compiling and never returned; 2 emulated devices, K <= 8, or LS at K = 32 ran.
+
+Cause (session 5, from the native stacks with ``gdb -p PID -batch -ex 'thread apply
+all bt'``): all 8 ``tf_XLAEigen`` threads (XLA:CPU's intra-op pool has
+``max(cores, devices)`` threads) were in ``lapack_spotrf_ffi`` ->
+``jax::ParallelBatchMap`` -> ``BlockingCounter::Wait``. jaxlib's LAPACK kernels
+split a batch whose work passes 2e5 flop (UPGrad's 32 face factorisations of
+32 x 32: 3.5e5) over that same pool and wait from inside a pool thread; with
+every thread running one device's program, nobody runs the pieces. Fixed in
+``mtlx.solvers._per_matrix`` (on a multi-device CPU backend the batch is cut into
+chunks that jaxlib factorises inline): this script now prints ``ok`` (3 steps,
+compile included, in 71 s), and ``tests/test_multidevice.py`` checks the batch of
+every LAPACK call of the compiled 8-device program.
 """
 
 import os

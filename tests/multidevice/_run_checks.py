@@ -18,6 +18,10 @@ prints one JSON line ``RESULTS {...}`` with the numbers the test asserts on:
   config (FAMO + UPGrad, FSDP) on mesh 1×1×1 and 4×2×1: final params and eval
   numbers; the 4×2 run's step-2 checkpoint resumed on 2×4×1 to the end; and the
   error for a mesh whose size is not the device count;
+* ``large_k_solver``: UPGrad's weights at K = 32 from a Jacobian split over the 8
+  devices against one device, and the (target, batch, n) of every LAPACK call in
+  the compiled 8-device program: a batch past jaxlib's threading threshold
+  (2·10⁵ flop) deadlocks 8 emulated devices (see ``mtlx.solvers._per_matrix``);
 * ``transformers``: vit-tiny (sparse MoE + balance loss + dropout) and gpt-tiny
   (dropout) built by ``experiments.train.build_trainer`` from ``configs/vit.py`` /
   ``configs/gpt.py`` at depth 1, width 16, every engine, 3 steps on mesh 4×2×1 (FSDP
@@ -492,8 +496,33 @@ def check_transformers(steps=3, mesh=(4, 2, 1)):
   return out
 
 
+def lapack_calls(hlo_text):
+  """``(target, batch, n)`` of every LAPACK/BLAS custom call in compiled HLO text:
+  ``batch`` matrices of ``n × n`` (read from the first operand's layout constraint)."""
+  calls = []
+  for target, dims in re.findall(r'custom_call_target="((?:lapack|blas)_\w+)", '
+                                 r"operand_layout_constraints=\{\w+\[([\d,]*)\]", hlo_text):
+    dims = [int(d) for d in dims.split(",")]
+    calls.append((target, int(np.prod(dims[:-2])), dims[-1]))
+  return calls
+
+
+def check_large_k_solver(k=32, width=4096):
+  rng = np.random.default_rng(7)
+  jac = jnp.asarray(rng.normal(size=(k, width)).astype(np.float32))
+  weights = jax.jit(lambda j: mtlx.upgrad_weights(j @ j.T / width))
+  one = np.asarray(weights(jac))
+  split = jax.device_put(jac, jax.sharding.NamedSharding(mesh_of((8, 1, 1)),
+                                                         jax.sharding.PartitionSpec(None, "data")))
+  calls = lapack_calls(weights.lower(split).compile().as_text())
+  eight = np.asarray(weights(split))
+  return {"num_tasks": k, "lapack_calls": calls, "max_abs": float(np.max(np.abs(eight - one))),
+          "scale": float(np.max(np.abs(one)))}
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
+  large_k_solver = check_large_k_solver()
   if os.environ.get("MTLX_ONLY") == "transformers":  # a quick look at this part alone
     print("RESULTS " + json.dumps({"transformers": check_transformers()}))
     return
@@ -509,6 +538,7 @@ def main():
       "trainer": check_trainer(),
       "mixture": check_mixture(),
       "transformers": check_transformers(),
+      "large_k_solver": large_k_solver,
   }
   print("RESULTS " + json.dumps(results))
 
