@@ -19,12 +19,20 @@ Two modes (a script, not a test; prints markdown tables, ``--out`` appends them)
 
 ``compile``  compile only (no run) the UPGrad step of every engine, and the LS
              one-backward step, for large presets on meshes of emulated CPU devices
-             (``--xla_force_host_platform_device_count``), params, optimizer state and
-             batch sharded FSDP-style over all devices; reports per-device memory from
-             ``memory_analysis()`` and the bytes moved by collectives in the HLO::
+             (``--xla_force_host_platform_device_count``); reports per-device memory
+             from ``memory_analysis()`` and the bytes moved by collectives in the HLO::
 
                python benchmarks/transformers.py compile --specs vit:B/16,gpt:small \\
-                   --meshes 8,64,256 --ks 8,32
+                   --meshes 8,64,256 --ks 8,32 [--layout trainer --model_axis 8]
+
+             ``--layout trainer`` (default): the trainer's layout, ``mtlx.sharding``'s
+             mesh ``(data = N / M, model = M, task = 1)`` with ``M = --model_axis``, its
+             FSDP rule (a leaf's last axis over ``model``) for params and Adam state,
+             the batch over ``data``. ``--layout zero3``: sessions 3-4's layout, one
+             axis for both the batch and the params (largest divisible dimension):
+             XLA's partitioner then gathers the tied LM head's logits for the global
+             batch (GPT-2 small, 64 devices: 2 x 12.3 GiB of collectives per device),
+             so that layout's memory grows with the device count.
 
 Engines (the trainer's names): ``one_backward`` (weights from the losses, one VJP
 of ``Σ w_k L_k``), ``jacobian`` (``mtlx.value_and_jacobian`` + the method on the
@@ -64,6 +72,10 @@ def _parse():
   ap.add_argument("--meshes", default="8")
   ap.add_argument("--devices", type=int, default=1)
   ap.add_argument("--out", default="")
+  ap.add_argument("--layout", choices=["trainer", "zero3"], default="trainer",
+                  help="compile: mtlx.sharding's (data, model) layout or one FSDP axis")
+  ap.add_argument("--model_axis", type=int, default=8,
+                  help="compile, --layout trainer: size of the mesh's model axis")
   ap.add_argument("--max_mib", type=float, default=12000,
                   help="run: steps whose compiled memory exceeds this are reported, not run")
   return ap.parse_args()
@@ -89,6 +101,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mtlx  # noqa: E402
 from mtlx import models  # noqa: E402
+from mtlx import sharding  # noqa: E402
 import importlib  # noqa: E402
 nash_lib = importlib.import_module("mtlx.aggregators.nash_mtl")  # the modules, not the
 upgrad_lib = importlib.import_module("mtlx.aggregators.upgrad")  # re-exported functions
@@ -331,8 +344,45 @@ def fsdp_spec(shape, n, min_size=2 ** 14):
   return P()
 
 
+class _Layout:
+  """Shardings of the compiled step's params / optimizer state and batch."""
+
+  def __init__(self, params, batch):
+    self.params, self.batch = params, batch
+
+
+def compile_layout(args, n):
+  """The ``--layout`` on ``n`` devices (see the module docstring)."""
+  devices = jax.devices()[:n]
+
+  def with_shardings(tree, shardings):
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+  if args.layout == "zero3":
+    mesh = Mesh(np.asarray(devices), ("fsdp",))
+    spec_of = lambda s: NamedSharding(mesh, fsdp_spec(s.shape, n))
+    batch_axis = "fsdp"
+    params = lambda t: with_shardings(t, jax.tree_util.tree_map(spec_of, t))
+  else:
+    m = min(args.model_axis, n)
+    mesh = sharding.make_mesh(n // m, m, 1, devices=devices)
+    batch_axis = "data"
+    params = lambda t: with_shardings(t, sharding.param_shardings(t, mesh, "fsdp"))
+
+  def batch(spec):  # examples over the batch axis; the LM masks [K, B, T] on axis 1
+    def leaf(path, s):
+      lead = (None,) if jax.tree_util.keystr(path) == "['masks']" else ()
+      return NamedSharding(mesh, P(*lead, batch_axis, *([None] * (s.ndim - 1 - len(lead)))))
+    return with_shardings(spec, jax.tree_util.tree_map_with_path(leaf, spec))
+
+  return _Layout(params, batch)
+
+
 def compile_mode(args):
-  lines = [f"\n### Compiled (not run) steps on emulated CPU meshes, FSDP over all devices\n",
+  where = ("mesh (data, model = {}) as the trainer".format(args.model_axis)
+           if args.layout == "trainer" else "one FSDP axis over all devices")
+  lines = [f"\n### Compiled (not run) steps on emulated CPU meshes, {where}\n",
            "| model | params | devices | K | engine | method | compile s | MiB/device (args+temp) "
            "| × LS 1-bwd | collective MiB/device | × LS 1-bwd |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -341,34 +391,20 @@ def compile_mode(args):
   for spec_s in args.specs.split(","):
     name, preset = spec_s.split(":")
     for n in map(int, args.meshes.split(",")):
-      mesh = Mesh(np.asarray(jax.devices()[:n]), ("fsdp",))
+      layout = compile_layout(args, n)
       for k in map(int, args.ks.split(",")):
         per_dev = 8 if name == "vit" else 1
         fns, params, spec, loss_fn, heads_fn = make_problem(
             name, preset, k, per_dev * n, args.dtype, lm=name == "gpt")
         n_params = models.count_params(params)
-        abstract = jax.tree_util.tree_map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                           sharding=NamedSharding(mesh, fsdp_spec(a.shape, n))),
-            params)
-        batch = jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(
-                s.shape, s.dtype, sharding=NamedSharding(
-                    mesh, P(*([None] * (s.ndim - 1) + [None])) if s.ndim == 3 else
-                    P("fsdp", *([None] * (s.ndim - 1))))), spec)
-        if "masks" in batch:  # [K, B, T]: batch axis 1
-          s = spec["masks"]
-          batch["masks"] = jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                sharding=NamedSharding(mesh, P(None, "fsdp", None)))
+        abstract = layout.params(params)
+        batch = layout.batch(spec)
         del params
         base = None
         todo = [("one_backward", "ls")] + [(e, "upgrad") for e in engines if e != "one_backward"]
         for engine, method in todo:
           step, opt, ms = make_step(engine, method, k, fns, loss_fn, heads_fn, abstract)
-          o = jax.eval_shape(opt.init, abstract)
-          o = jax.tree_util.tree_map(
-              lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(
-                  mesh, fsdp_spec(s.shape, n))), o)
+          o = layout.params(jax.eval_shape(opt.init, abstract))
           if ms is None:
             z = jax.eval_shape(fns.encode, abstract["encoder"], batch["x"])
             ms = jax.eval_shape(grad_tx(method, k).init, z)

@@ -108,6 +108,15 @@ def _ridge(dtype, k):
 _INLINE_FLOP = 2e4
 
 
+def _several_cpu_devices() -> bool:
+  """Whether this process has a CPU backend with more than one device (False when
+  no CPU backend is available, e.g. ``JAX_PLATFORMS=cuda``)."""
+  try:
+    return jax.local_device_count("cpu") > 1
+  except RuntimeError:
+    return False
+
+
 def _per_matrix(fn, k):
   """``jax.vmap(fn)`` over the leading axis (a batch of ``K × K`` systems), except
   on a CPU backend with several devices, where the batch is cut into chunks of
@@ -129,7 +138,7 @@ def _per_matrix(fn, k):
   chunk = max(1, int(_INLINE_FLOP // (k ** 3 / 3)))
 
   def per_matrix(*args):
-    if chunk >= args[0].shape[0] or jax.local_device_count("cpu") < 2:
+    if chunk >= args[0].shape[0] or not _several_cpu_devices():
       return batched(*args)
     chunked = lambda *a: jax.lax.map(lambda xs: fn(*xs), a, batch_size=chunk)
     return jax.lax.platform_dependent(*args, cpu=chunked, default=batched)

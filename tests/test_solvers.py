@@ -1,8 +1,11 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, strategies as st
 
+import mtlx
 from mtlx import solvers
+from tests.hlo_text import lapack_calls
 from tests.reference import aggregators_b_ref as ref
 
 
@@ -125,3 +128,32 @@ def test_k256_float32_cagrad_solves_its_simplex_qp():
     assert abs(w.sum() - 1) < 1e-5 and w.min() >= 0
     dm = w @ jac
     assert np.all(jac @ dm >= -1e-4 * np.linalg.norm(jac, axis=1).max() ** 2)
+
+
+# ---------------------------------------------------------------------------
+# Face solves on a CPU backend with several devices (issue 17): chunked so that
+# jaxlib's LAPACK kernels run inline (see solvers._per_matrix).
+# ---------------------------------------------------------------------------
+
+def test_chunked_face_solves_equal_the_batched_ones(monkeypatch):
+  k = 32
+  jac = np.random.default_rng(3).normal(size=(k, 2 * k))
+  gram = jnp.asarray(jac @ jac.T / (2 * k), jnp.float32)
+  batched_fn = jax.jit(lambda g: mtlx.upgrad_weights(g))
+  assert ("lapack_spotrf_ffi", 32, 32) in lapack_calls(batched_fn.lower(gram).compile().as_text())
+  batched = np.asarray(batched_fn(gram))
+  monkeypatch.setattr(solvers, "_several_cpu_devices", lambda: True)
+  chunked_fn = jax.jit(lambda g: mtlx.upgrad_weights(g))  # a new trace, not jit's cached one
+  calls = lapack_calls(chunked_fn.lower(gram).compile().as_text())
+  assert ("lapack_spotrf_ffi", 1, 32) in calls
+  assert all(batch == 1 for _, batch, _ in calls), calls  # K = 32: one matrix per call
+  np.testing.assert_allclose(np.asarray(chunked_fn(gram)), batched, rtol=0,
+                             atol=1e-6 * np.abs(batched).max())
+
+
+def test_several_cpu_devices_is_false_without_a_cpu_backend(monkeypatch):
+  def unknown(backend=None):
+    raise RuntimeError(f"Unknown backend {backend}")
+
+  monkeypatch.setattr(jax, "local_device_count", unknown)
+  assert solvers._several_cpu_devices() is False

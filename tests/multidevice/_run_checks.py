@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import mtlx  # noqa: E402
+from tests.hlo_text import lapack_calls  # noqa: E402
 from mtlx import sharding  # noqa: E402
 
 K = 4
@@ -494,17 +495,6 @@ def check_transformers(steps=3, mesh=(4, 2, 1)):
             "finite": bool(all(np.all(np.isfinite(np.asarray(x)))
                                for x in jax.tree.leaves(p)))}
   return out
-
-
-def lapack_calls(hlo_text):
-  """``(target, batch, n)`` of every LAPACK/BLAS custom call in compiled HLO text:
-  ``batch`` matrices of ``n × n`` (read from the first operand's layout constraint)."""
-  calls = []
-  for target, dims in re.findall(r'custom_call_target="((?:lapack|blas)_\w+)", '
-                                 r"operand_layout_constraints=\{\w+\[([\d,]*)\]", hlo_text):
-    dims = [int(d) for d in dims.split(",")]
-    calls.append((target, int(np.prod(dims[:-2])), dims[-1]))
-  return calls
 
 
 def check_large_k_solver(k=32, width=4096):
