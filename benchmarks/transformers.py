@@ -23,16 +23,19 @@ Two modes (a script, not a test; prints markdown tables, ``--out`` appends them)
              from ``memory_analysis()`` and the bytes moved by collectives in the HLO::
 
                python benchmarks/transformers.py compile --specs vit:B/16,gpt:small \\
-                   --meshes 8,64,256 --ks 8,32 [--layout trainer --model_axis 8]
+                   --meshes 8,64,256 --ks 8,32 [--layout zero3 --model_axis 8]
 
-             ``--layout trainer`` (default): the trainer's layout, ``mtlx.sharding``'s
-             mesh ``(data = N / M, model = M, task = 1)`` with ``M = --model_axis``, its
-             FSDP rule (a leaf's last axis over ``model``) for params and Adam state,
-             the batch over ``data``. ``--layout zero3``: sessions 3-4's layout, one
-             axis for both the batch and the params (largest divisible dimension):
-             XLA's partitioner then gathers the tied LM head's logits for the global
-             batch (GPT-2 small, 64 devices: 2 x 12.3 GiB of collectives per device),
-             so that layout's memory grows with the device count.
+             ``--layout zero3`` (default) / ``fsdp``: the trainer's layout with that
+             ``param_rule``: ``mtlx.sharding``'s mesh ``(data = N / M, model = M,
+             task = 1)`` with ``M = --model_axis``, params and Adam state stored with a
+             leaf's last axis over ``model``; ``zero3`` gathers the params for the
+             step and splits the batch over ``data × model``, ``fsdp`` computes with
+             the split params and the batch over ``data`` (XLA then gathers
+             activations over ``model``). ``--layout one_axis``: sessions 3-4's
+             layout, one axis for both the batch and the params (largest divisible
+             dimension): XLA's partitioner then gathers the tied LM head's logits for
+             the global batch (GPT-2 small, 64 devices: 2 x 12.3 GiB of collectives
+             per device), so that layout's memory grows with the device count.
 
 Engines (the trainer's names): ``one_backward`` (weights from the losses, one VJP
 of ``Σ w_k L_k``), ``jacobian`` (``mtlx.value_and_jacobian`` + the method on the
@@ -72,10 +75,11 @@ def _parse():
   ap.add_argument("--meshes", default="8")
   ap.add_argument("--devices", type=int, default=1)
   ap.add_argument("--out", default="")
-  ap.add_argument("--layout", choices=["trainer", "zero3"], default="trainer",
-                  help="compile: mtlx.sharding's (data, model) layout or one FSDP axis")
+  ap.add_argument("--layout", choices=["fsdp", "zero3", "one_axis"], default="zero3",
+                  help="compile: mtlx.sharding's param_rule on the (data, model) mesh, "
+                       "or one FSDP axis for batch and params")
   ap.add_argument("--model_axis", type=int, default=8,
-                  help="compile, --layout trainer: size of the mesh's model axis")
+                  help="compile, --layout fsdp/zero3: size of the mesh's model axis")
   ap.add_argument("--max_mib", type=float, default=12000,
                   help="run: steps whose compiled memory exceeds this are reported, not run")
   return ap.parse_args()
@@ -345,10 +349,19 @@ def fsdp_spec(shape, n, min_size=2 ** 14):
 
 
 class _Layout:
-  """Shardings of the compiled step's params / optimizer state and batch."""
+  """Shardings of the compiled step's params / optimizer state and batch, and
+  ``gather``: what the step applies to the params before computing with them."""
 
-  def __init__(self, params, batch):
-    self.params, self.batch = params, batch
+  def __init__(self, params, batch, gather=lambda tree: tree):
+    self.params, self.batch, self.gather = params, batch, gather
+
+
+def gathered(gather, loss_fn, heads_fn, fns):
+  """The problem's functions computing with ``gather(params)``."""
+  encode = fns.encode
+  return (lambda p, b: loss_fn(gather(p), b),
+          lambda dec, z, b: heads_fn(gather(dec), z, b),
+          fns._replace(encode=lambda enc, x, **kw: encode(gather(enc), x, **kw)))
 
 
 def compile_layout(args, n):
@@ -359,29 +372,31 @@ def compile_layout(args, n):
     return jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
-  if args.layout == "zero3":
+  if args.layout == "one_axis":
     mesh = Mesh(np.asarray(devices), ("fsdp",))
     spec_of = lambda s: NamedSharding(mesh, fsdp_spec(s.shape, n))
     batch_axis = "fsdp"
     params = lambda t: with_shardings(t, jax.tree_util.tree_map(spec_of, t))
-  else:
+    gather = lambda t: t
+  else:  # the trainer's mesh and rule (mtlx.sharding)
     m = min(args.model_axis, n)
     mesh = sharding.make_mesh(n // m, m, 1, devices=devices)
-    batch_axis = "data"
-    params = lambda t: with_shardings(t, sharding.param_shardings(t, mesh, "fsdp"))
+    batch_axis = sharding.batch_axes(args.layout)
+    params = lambda t: with_shardings(t, sharding.param_shardings(t, mesh, args.layout))
+    gather = sharding.StepShardings(mesh, None, None, False, args.layout).compute_params
 
-  def batch(spec):  # examples over the batch axis; the LM masks [K, B, T] on axis 1
+  def batch(spec):  # examples over the batch axes; the LM masks [K, B, T] on axis 1
     def leaf(path, s):
       lead = (None,) if jax.tree_util.keystr(path) == "['masks']" else ()
       return NamedSharding(mesh, P(*lead, batch_axis, *([None] * (s.ndim - 1 - len(lead)))))
     return with_shardings(spec, jax.tree_util.tree_map_with_path(leaf, spec))
 
-  return _Layout(params, batch)
+  return _Layout(params, batch, gather)
 
 
 def compile_mode(args):
-  where = ("mesh (data, model = {}) as the trainer".format(args.model_axis)
-           if args.layout == "trainer" else "one FSDP axis over all devices")
+  where = (f"the trainer's mesh (data, model = {args.model_axis}), param_rule={args.layout}"
+           if args.layout != "one_axis" else "one FSDP axis over all devices")
   lines = [f"\n### Compiled (not run) steps on emulated CPU meshes, {where}\n",
            "| model | params | devices | K | engine | method | compile s | MiB/device (args+temp) "
            "| × LS 1-bwd | collective MiB/device | × LS 1-bwd |",
@@ -396,6 +411,7 @@ def compile_mode(args):
         per_dev = 8 if name == "vit" else 1
         fns, params, spec, loss_fn, heads_fn = make_problem(
             name, preset, k, per_dev * n, args.dtype, lm=name == "gpt")
+        loss_fn, heads_fn, fns = gathered(layout.gather, loss_fn, heads_fn, fns)
         n_params = models.count_params(params)
         abstract = layout.params(params)
         batch = layout.batch(spec)

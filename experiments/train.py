@@ -48,7 +48,9 @@ On a device mesh (``mtlx.sharding``)::
 
 ``config.mesh.{data,model,task}`` are the mesh axis sizes (their product must be
 the device count, checked before anything is built), ``param_rule`` is
-``fsdp`` (large leaves split over ``model``) or ``replicated``, ``shard_tasks``
+``fsdp`` (large leaves split over ``model``), ``zero3`` (stored as ``fsdp``,
+gathered for the step, the batch over ``data × model``: less traffic for large
+batches, see ``mtlx.sharding``) or ``replicated``, ``shard_tasks``
 splits the per-task grads' K axis over ``task``. The same jitted step then runs
 with ``NamedSharding`` s on the whole train state and the batch. Multi-host:
 ``jax.distributed.initialize()`` runs first (``mtlx.sharding.initialize_distributed``,
@@ -590,11 +592,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
         config_update = {"changes": changes, "config": _config_dict(config)}
   names = tuple(t.name for t in tasks)
   global_rows = config.batch_size * (1 + config.extra_batches) * jax.process_count()
-  if global_rows % mesh.shape["data"]:
+  axes = sharding.batch_axes(_mesh_option(config, "param_rule", "fsdp"))
+  split = int(np.prod([mesh.shape[a] for a in axes]))
+  if global_rows % split:
+    over = " x ".join(f"config.mesh.{a}={mesh.shape[a]}" for a in axes)
     raise ValueError(
         f"config.batch_size={config.batch_size} (x {1 + config.extra_batches} "
         f"mini-batches x {jax.process_count()} process(es) = {global_rows} rows) is not "
-        f"divisible by config.mesh.data={mesh.shape['data']}; expected a multiple.")
+        f"divisible by {over}; expected a multiple.")
 
   if _mesh_option(config, "verify", False):
     # A few steps on this mesh against one device (mtlx.sharding.check): ValueError

@@ -73,6 +73,14 @@ def test_upgrad_at_k32_on_eight_devices_factorises_inline(results):
     assert batch * n ** 3 / 3 < 2e5, (target, batch, n)
 
 
+def test_zero3_step_matches_one_device(results):
+  """ZeRO-3: params stored split over ``model``, the batch over data x model."""
+  for name, r in results["zero3"].items():
+    assert r["max_rel"] <= 1e-5, (name, r)
+    assert any("model" in spec for spec in r["param_specs"]), (name, r)
+    assert r["batch_spec"] == "P(('data', 'model'),)", r
+
+
 def test_autogram_step_on_mesh_matches_one_device(results):
   assert results["autogram"]["max_rel"] <= 1e-5
 

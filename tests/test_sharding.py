@@ -68,8 +68,10 @@ def test_fsdp_rule():
   assert small == {"b": P("model"), "s": P()}
   rep = specs(sharding.param_shardings(PARAMS, MESH_24))
   assert all(s == P() for s in jax.tree.leaves(rep, is_leaf=lambda s: isinstance(s, P)))
-  with pytest.raises(ValueError, match=r"rule='zero3'.*\['fsdp', 'replicated'\]"):
-    sharding.param_shardings(PARAMS, MESH_24, "zero3")
+  # 'zero3' stores the params as 'fsdp' does (the step gathers them).
+  assert specs(sharding.param_shardings(PARAMS, MESH_24, "zero3", min_size=1024)) == sh
+  with pytest.raises(ValueError, match=r"rule='tp'.*\['fsdp', 'replicated', 'zero3'\]"):
+    sharding.param_shardings(PARAMS, MESH_24, "tp")
 
 
 def test_task_grads_and_batch_shardings():
@@ -150,7 +152,14 @@ def test_step_shardings_shared_by_step_and_trainer():
   with pytest.raises(ValueError, match="3 tasks cannot be split over mesh task=2"):
     sh3.check_num_tasks(3)
   with pytest.raises(ValueError, match="rule"):
-    sharding.step_shardings(PARAMS, MESH_24, param_rule="zero3")
+    sharding.step_shardings(PARAMS, MESH_24, param_rule="tp")
+  z3 = sharding.step_shardings(PARAMS, MESH_24, param_rule="zero3", min_size=1024)
+  assert z3.batch_axes == ("data", "model") and sh.batch_axes == ("data",)
+  assert specs(z3.params) == specs(sh.params)
+  assert specs(z3.batch({"x": np.zeros((8, 3))}))["x"] == P(("data", "model"))
+  with pytest.raises(ValueError, match=r"leading axis 6; expected a multiple of mesh "
+                                       r"data=2 x model=4 = 8"):
+    z3.batch({"x": np.zeros((6, 3))})
 
 
 def test_global_eval_batch_one_device():

@@ -16,6 +16,16 @@ collectives. What each axis does:
   partial sums; the weights ``w = f(G)`` are computed replicated and the combination
   ``wᵀ J`` stays sharded. No parameter-sized array is ever gathered for a Gramian
   method (checked on the compiled HLO in ``tests/multidevice``).
+* ``param_rule='zero3'`` (ZeRO-3, PyTorch's FSDP): the params and the optimizer
+  state are stored as with ``'fsdp'``, but the step gathers the params whole
+  before computing with them (:meth:`StepShardings.compute_params`) and splits the
+  batch over ``data × model`` (:func:`batch_axes`), so every device computes its
+  own examples and the grads are reduce-scattered back to the shards. The traffic
+  per step is then about the params' size (gather) plus the grads' (reduction)
+  whatever the batch, where ``'fsdp'`` lets XLA gather activations over ``model``
+  (bytes that grow with the batch, and with K for the stacked engines; measured in
+  ``benchmarks/RESULTS.md``, session 5). Each device holds the whole params
+  during the step.
 * ``task``: optionally the K axis of the per-task grads, so each device group
   computes the gradients of a subset of the tasks. The Gramian's cross terms then
   need the other groups' gradient shards (XLA gathers them over the ``task`` axis),
@@ -62,13 +72,14 @@ from mtlx import validation
 PyTree = Any
 
 AXES = ("data", "model", "task")
-PARAM_RULES = ("replicated", "fsdp")
+PARAM_RULES = ("replicated", "fsdp", "zero3")
 
 __all__ = [
     "AXES",
     "MeshConfig",
     "StepShardings",
     "abstract_with_shardings",
+    "batch_axes",
     "batch_sharding",
     "batch_shardings",
     "default_mesh_config",
@@ -120,8 +131,9 @@ def default_mesh_config():
   """The ``config.mesh`` block for experiment configs: all sizes 1 (one device).
 
   Keys: ``data``, ``model``, ``task`` (axis sizes), ``param_rule``
-  (``'fsdp'``: large leaves split over ``model``, a no-op when ``model=1``; or
-  ``'replicated'``), ``shard_tasks`` (split the K axis of the per-task grads over
+  (``'fsdp'``: large leaves split over ``model``, a no-op when ``model=1``;
+  ``'zero3'``: stored so, gathered for the step, the batch over ``data × model``;
+  or ``'replicated'``), ``shard_tasks`` (split the K axis of the per-task grads over
   ``task``; K must then be divisible by it) and ``min_size`` (the FSDP threshold in
   elements) and ``verify`` (``experiments/train.py`` first compares a few steps on
   the mesh with one device, :mod:`mtlx.sharding.check`, and stops if they differ).
@@ -215,6 +227,7 @@ def param_shardings(params: PyTree, mesh: Mesh, rule: str = "replicated", *,
       split over ``'model'`` when the ``model`` axis size divides it (smaller
       leaves and leaves whose last axis does not divide stay replicated). Input
       axes are never split: see :func:`_fsdp_spec` for the XLA bug that avoids.
+      ``'zero3'`` stores the params as ``'fsdp'`` does (the step gathers them).
     min_size: the FSDP size threshold in elements.
 
   Raises:
@@ -231,18 +244,31 @@ def param_shardings(params: PyTree, mesh: Mesh, rule: str = "replicated", *,
   return jax.tree_util.tree_map(leaf, params)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """The batch sharding: leading (example) axis over ``'data'``, the rest replicated."""
-  return NamedSharding(mesh, P("data"))
+def batch_axes(param_rule: str = "fsdp") -> tuple[str, ...]:
+  """The mesh axes the batch's leading axis is split over: ``('data',)``, or
+  ``('data', 'model')`` for ``param_rule='zero3'`` (every device its own examples)."""
+  validation.check_choice(param_rule, PARAM_RULES, "param_rule")
+  return ("data", "model") if param_rule == "zero3" else ("data",)
 
 
-def batch_shardings(batch: PyTree, mesh: Mesh) -> PyTree:
+def _axes_size(mesh: Mesh, axes: Sequence[str]) -> int:
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def batch_sharding(mesh: Mesh, axes: Sequence[str] = ("data",)) -> NamedSharding:
+  """The batch sharding: leading (example) axis over ``axes`` (default ``'data'``;
+  :func:`batch_axes`), the rest replicated."""
+  return NamedSharding(mesh, P(tuple(axes)))
+
+
+def batch_shardings(batch: PyTree, mesh: Mesh, axes: Sequence[str] = ("data",)) -> PyTree:
   """:func:`batch_sharding` for every array leaf of ``batch`` (scalars replicated).
 
   Raises:
-    ValueError: if a leaf's leading axis is not divisible by the ``data`` axis size.
+    ValueError: if a leaf's leading axis is not divisible by the size of ``axes``.
   """
-  n = mesh.shape["data"]
+  n = _axes_size(mesh, axes)
+  names = " x ".join(f"{a}={mesh.shape[a]}" for a in axes)
 
   def leaf(path, x):
     if np.ndim(x) == 0:
@@ -250,8 +276,8 @@ def batch_shardings(batch: PyTree, mesh: Mesh) -> PyTree:
     if np.shape(x)[0] % n:
       raise ValueError(
           f"batch{jax.tree_util.keystr(path)} has leading axis {np.shape(x)[0]}; "
-          f"expected a multiple of mesh data={n}.")
-    return batch_sharding(mesh)
+          f"expected a multiple of mesh {names} = {n}.")
+    return batch_sharding(mesh, axes)
 
   return jax.tree_util.tree_map_with_path(leaf, batch)
 
@@ -330,11 +356,28 @@ class StepShardings(NamedTuple):
     task_grads: per-task grads, ``[K, *param.shape]`` per leaf, sharded like the
       params plus the K axis (:func:`task_grads_shardings`).
     shard_tasks: whether the K axis is split over ``'task'``.
+    param_rule: the rule of ``params`` (:data:`PARAM_RULES`); ``'zero3'`` splits the
+      batch over ``data × model`` and gathers the params for the computation.
   """
   mesh: Mesh
   params: PyTree
   task_grads: PyTree
   shard_tasks: bool = False
+  param_rule: str = "replicated"
+
+  @property
+  def batch_axes(self) -> tuple[str, ...]:
+    """:func:`batch_axes` of the rule."""
+    return batch_axes(self.param_rule)
+
+  def compute_params(self, params: PyTree) -> PyTree:
+    """The params the step computes with: gathered whole (replicated) under
+    ``'zero3'``, else as stored. Gradients w.r.t. them come back summed over the
+    devices, and the step constrains them to :attr:`params` (a reduce-scatter)."""
+    if self.param_rule != "zero3":
+      return params
+    return jax.lax.with_sharding_constraint(
+        params, jax.tree_util.tree_map(lambda _: replicated(self.mesh), params))
 
   def state(self, state: PyTree, params: PyTree) -> PyTree:
     """:func:`state_shardings` of any state (optimizer, MTO, a whole train state;
@@ -342,8 +385,8 @@ class StepShardings(NamedTuple):
     return state_shardings(state, params, self.params, self.mesh)
 
   def batch(self, batch: PyTree) -> PyTree:
-    """:func:`batch_shardings` of ``batch``."""
-    return batch_shardings(batch, self.mesh)
+    """:func:`batch_shardings` of ``batch`` over :attr:`batch_axes`."""
+    return batch_shardings(batch, self.mesh, self.batch_axes)
 
   def replicated(self) -> NamedSharding:
     """The fully replicated sharding (losses, weights, metrics)."""
@@ -371,7 +414,8 @@ def step_shardings(params: PyTree, mesh: Mesh, *, param_rule: str = "replicated"
   Args:
     params: example params (arrays or ``jax.ShapeDtypeStruct`` s).
     mesh: from :func:`make_mesh`.
-    param_rule: ``'replicated'`` or ``'fsdp'`` (:func:`param_shardings`).
+    param_rule: ``'replicated'``, ``'fsdp'`` or ``'zero3'`` (:func:`param_shardings`,
+      :meth:`StepShardings.compute_params`).
     shard_tasks: split the K axis of the per-task grads over ``'task'``.
     min_size: FSDP threshold in elements.
 
@@ -380,7 +424,7 @@ def step_shardings(params: PyTree, mesh: Mesh, *, param_rule: str = "replicated"
   """
   p_sh = param_shardings(params, mesh, param_rule, min_size=min_size)
   return StepShardings(mesh, p_sh, task_grads_shardings(p_sh, mesh, shard_tasks=shard_tasks),
-                       bool(shard_tasks))
+                       bool(shard_tasks), param_rule)
 
 
 def shard_state(tree: PyTree, shardings: PyTree) -> PyTree:
@@ -482,14 +526,15 @@ def host_batch_slice(global_batch_size: int) -> slice:
   return slice(i * per, (i + 1) * per)
 
 
-def global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
-  """Assembles per-host batches into one global batch sharded over ``'data'``.
+def global_batch(local_batch: PyTree, mesh: Mesh, axes: Sequence[str] = ("data",)) -> PyTree:
+  """Assembles per-host batches into one global batch sharded over ``axes``
+  (default ``'data'``; :func:`batch_axes`).
 
-  On one host this is ``jax.device_put(batch, batch_shardings(batch, mesh))``.
+  On one host this is ``jax.device_put(batch, batch_shardings(batch, mesh, axes))``.
   """
   if jax.process_count() == 1:
-    return jax.device_put(local_batch, batch_shardings(local_batch, mesh))
-  sharding = batch_sharding(mesh)
+    return jax.device_put(local_batch, batch_shardings(local_batch, mesh, axes))
+  sharding = batch_sharding(mesh, axes)
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)

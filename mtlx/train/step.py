@@ -365,8 +365,9 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       ``jacobian`` only.
     mesh: a :func:`mtlx.sharding.make_mesh` mesh: the step then runs with
       ``NamedSharding`` s (:func:`mtlx.sharding.step_shardings`) on the params,
-      states, batch (over ``'data'``) and per-task grads; losses, weights and
-      metrics come out replicated. ``None``: plain ``jax.jit``.
+      states, batch (over ``'data'``; ``'data' × 'model'`` with ``param_rule='zero3'``)
+      and per-task grads; losses, weights and metrics come out replicated.
+      ``None``: plain ``jax.jit``.
     param_rule / shard_tasks / min_size: see :func:`mtlx.sharding.step_shardings`.
     donate: donate the state's buffers to the step.
     label: the methods' names for messages and the log (e.g. ``"dwa+upgrad"``).
@@ -516,7 +517,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
     if sh is not None:
       batch = constrain(batch, sh.batch(batch))
     batch, *others = parts(batch)
-    p = state.params
+    stored = state.params
+    p = stored if sh is None else sh.compute_params(stored)  # gathered under 'zero3'
     info = {}
     hook = step_hooks.bind(loss_fn, state.rng, p, batch, **hooks)  # loss_fn without hooks
     aux_loss = None
@@ -606,8 +608,8 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
       info["aux_loss"] = aux_loss
     if sh is not None:
       grads = constrain(grads, sh.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, p)
-    new_params = optax.apply_updates(p, updates)
+    updates, opt_state = optimizer.update(grads, state.opt_state, stored)
+    new_params = optax.apply_updates(stored, updates)
     info["losses"] = losses
     info["weights"] = w
     info["weights_exact"] = jnp.asarray(exact)
@@ -620,7 +622,7 @@ def make_step(loss_fn: Callable, *, loss_tx: Any = None,
   if sh is None:
     return Step(init, jitted, engine)
   return Step(init, jitted, engine, sh, shard_state,
-              lambda batch: sharding_lib.global_batch(batch, mesh),
+              lambda batch: sharding_lib.global_batch(batch, mesh, sh.batch_axes),
               lambda batch: sharding_lib.global_eval_batch(batch, mesh))
 
 

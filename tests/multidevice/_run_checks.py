@@ -8,6 +8,8 @@ prints one JSON line ``RESULTS {...}`` with the numbers the test asserts on:
 * ``equivalence``: 20 train steps of every method in ``METHOD_SPECS`` / ``CUSTOM``
   on meshes (data, model, task) = 1×1×1, 8×1×1, 4×2×1, 2×2×2 against one device
   without a mesh: max relative difference of the params;
+* ``zero3``: ``param_rule='zero3'`` (params gathered for the step, the batch over
+  data x model) on 4x2x1, Jacobian and Gramian engines, against one device;
 * ``autogram``: the same for the Gramian engine of ``mtlx.train.make_step``
   (``value_and_gramian`` + one VJP) on 4×2×1;
 * ``hlo``: all-gathers in the compiled FSDP step of a Gramian method (Jacobian and
@@ -197,9 +199,9 @@ def mesh_of(shape):
   return sharding.make_mesh(*shape, devices=jax.devices()[:n])
 
 
-def run_mesh(tx, shape, params, data, **kw):
+def run_mesh(tx, shape, params, data, rule=None, **kw):
   mesh = mesh_of(shape)
-  rule = "fsdp" if shape[1] > 1 else "replicated"
+  rule = rule or ("fsdp" if shape[1] > 1 else "replicated")
   st = make_sharded_step(tx, mesh, params, param_rule=rule,
                          shard_tasks=shape[2] > 1, min_size=64, **kw)
   p, s = st.init(params)
@@ -218,6 +220,26 @@ def check_equivalence(params, data):
           jax.tree.map(lambda x: x.sharding, p))]
       out[f"{name}@{'x'.join(map(str, shape))}"] = {
           "max_rel": max_rel(p, ref), "param_specs": sharded}
+  return out
+
+
+def check_zero3(params, data):
+  """``param_rule='zero3'`` on 4x2x1 (params stored split over ``model``, gathered
+  for the step; the batch over data x model) against one device, on the Jacobian
+  engine (UPGrad) and the Gramian engine (gramian_ema)."""
+  out = {}
+  for name, kw in (("upgrad", {}), ("gramian_ema", {"engine": "gramian"})):
+    ref = reference_run(optax.chain(build(name), optimizer()), params, data)
+    if kw:
+      p, st = run_mesh(build(name), (4, 2, 1), params, data, rule="zero3",
+                       optimizer=optimizer(), **kw)
+    else:
+      p, st = run_mesh(optax.chain(build(name), optimizer()), (4, 2, 1), params, data,
+                       rule="zero3")
+    out[name] = {
+        "max_rel": max_rel(p, ref),
+        "param_specs": [str(x.sharding.spec) for x in jax.tree.leaves(p)],
+        "batch_spec": str(jax.tree.leaves(st.shard_batch(data[0]))[0].sharding.spec)}
   return out
 
 
@@ -523,6 +545,7 @@ def main():
       "num_tasks": K,
       "equivalence": check_equivalence(params, data),
       "autogram": check_autogram(params, data),
+      "zero3": check_zero3(params, data),
       "hlo": check_hlo(params, data),
       "checkpoint": check_checkpoint(params, data),
       "trainer": check_trainer(),
