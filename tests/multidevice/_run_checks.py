@@ -27,7 +27,8 @@ prints one JSON line ``RESULTS {...}`` with the numbers the test asserts on:
 * ``transformers``: vit-tiny (sparse MoE + balance loss + dropout) and gpt-tiny
   (dropout) built by ``experiments.train.build_trainer`` from ``configs/vit.py`` /
   ``configs/gpt.py`` at depth 1, width 16, every engine, 3 steps on mesh 4×2×1 (FSDP
-  over the kernels, the batch over ``data``) against mesh 1×1×1 on one device.
+  over the kernels, the batch over ``data``) against mesh 1×1×1 on one device; and
+  ``TRANSFORMER_ZERO3`` with ``config.mesh.param_rule='zero3'``.
 
 Run it directly for a readable report::
 
@@ -466,9 +467,11 @@ def tree_rel(a, b):
 
 TRANSFORMER_ENGINES = (("one_backward", "ls"), ("gramian", "upgrad"),
                        ("jacobian", "upgrad"), ("representation", "upgrad"))
+#: (model, engine, method) also run with ``config.mesh.param_rule='zero3'``.
+TRANSFORMER_ZERO3 = (("gpt", "gramian", "upgrad"), ("vit", "jacobian", "upgrad"))
 
 
-def transformer_config(model, method, mesh, data_dir):
+def transformer_config(model, method, mesh, data_dir, param_rule="fsdp"):
   import importlib
   c = importlib.import_module(f"configs.{model}").get_config()
   c.update(dict(workdir="", data_dir=data_dir, batch_size=8, method=method,
@@ -479,7 +482,8 @@ def transformer_config(model, method, mesh, data_dir):
   c.model_kwargs.update(dict(dim=16, depth=1, heads=2, dropout=0.1))
   if model == "vit":  # the MoE MLP and its balance loss (config.moe_aux_weight)
     c.model_kwargs.update(dict(moe_experts=2, moe_every=1, moe_top_k=1))
-  c.mesh.update(dict(zip(("data", "model", "task"), mesh)), min_size=64)
+  c.mesh.update(dict(zip(("data", "model", "task"), mesh)), min_size=64,
+                param_rule=param_rule)
   return c
 
 
@@ -491,31 +495,34 @@ def check_transformers(steps=3, mesh=(4, 2, 1)):
   from mtlx import data as mdata
   out = {}
   with tempfile.TemporaryDirectory() as tmp:
-    for model in os.environ.get("MTLX_TRANSFORMER_MODELS", "vit,gpt").split(","):
-      for engine, method in TRANSFORMER_ENGINES:
-        final = {}
-        for shape in ((1, 1, 1), mesh):
-          config = transformer_config(model, method, shape, os.path.join(tmp, "data"))
-          config.engine = engine
-          info, tasks = train_exp.validate(config)
-          device_mesh = train_exp.make_mesh(config, jax.devices()[:int(np.prod(shape))])
-          data = list(itertools.islice(mdata.make_iterator(
-              config.dataset, config.train_split, batch_size=config.batch_size, seed=0,
-              shuffle=True, **train_exp._data_kwargs(config)), steps))
-          trainer, params = train_exp.build_trainer(config, info, tasks, device_mesh,
-                                                    example_batch=data[0])
-          state = trainer.init(params, trainer.shard_batch(data[0]), config.seed)
-          for b in data:
-            state, info_ = trainer.step(state, trainer.shard_batch(b))
-          final[shape] = state.params
-        p = final[mesh]
-        out[f"{model}/{engine}"] = {
-            "max_rel": tree_rel(p, final[(1, 1, 1)]), "engine": trainer.engine,
-            "aux_loss": float(info_["aux_loss"]) if "aux_loss" in info_ else None,
-            "fsdp_leaves": sum(any(a is not None for a in x.sharding.spec)
-                               for x in jax.tree.leaves(p)),
-            "finite": bool(all(np.all(np.isfinite(np.asarray(x)))
-                               for x in jax.tree.leaves(p)))}
+    models = os.environ.get("MTLX_TRANSFORMER_MODELS", "vit,gpt").split(",")
+    runs = [(m, e, meth, "fsdp") for m in models for e, meth in TRANSFORMER_ENGINES]
+    runs += [(m, e, meth, "zero3") for m, e, meth in TRANSFORMER_ZERO3 if m in models]
+    for model, engine, method, rule in runs:
+      final = {}
+      for shape in ((1, 1, 1), mesh):
+        config = transformer_config(model, method, shape, os.path.join(tmp, "data"),
+                                    param_rule=rule)
+        config.engine = engine
+        info, tasks = train_exp.validate(config)
+        device_mesh = train_exp.make_mesh(config, jax.devices()[:int(np.prod(shape))])
+        data = list(itertools.islice(mdata.make_iterator(
+            config.dataset, config.train_split, batch_size=config.batch_size, seed=0,
+            shuffle=True, **train_exp._data_kwargs(config)), steps))
+        trainer, params = train_exp.build_trainer(config, info, tasks, device_mesh,
+                                                  example_batch=data[0])
+        state = trainer.init(params, trainer.shard_batch(data[0]), config.seed)
+        for b in data:
+          state, info_ = trainer.step(state, trainer.shard_batch(b))
+        final[shape] = state.params
+      p = final[mesh]
+      out[f"{model}/{engine}" + ("/zero3" if rule == "zero3" else "")] = {
+          "max_rel": tree_rel(p, final[(1, 1, 1)]), "engine": trainer.engine,
+          "aux_loss": float(info_["aux_loss"]) if "aux_loss" in info_ else None,
+          "fsdp_leaves": sum(any(a is not None for a in x.sharding.spec)
+                             for x in jax.tree.leaves(p)),
+          "finite": bool(all(np.all(np.isfinite(np.asarray(x)))
+                             for x in jax.tree.leaves(p)))}
   return out
 
 
