@@ -131,8 +131,10 @@ def _per_matrix(fn, k):
   laptop or in CI), no thread is left to run the pieces and the step hangs:
   UPGrad at K = 32 on 8 emulated devices of a 2-core host did
   (``benchmarks/repro/mesh_k32_stall.py``). One device, GPUs and TPUs keep
-  the batched call. Cost where it applies (2 cores): UPGrad's weights at
-  K = 32 take 1.9 ms instead of 1.0 ms; at K = 64, 9.5 ms instead of 8.2 ms.
+  the batched call. UPGrad's K faces are chunked from K = 16 and factorised one
+  per call from K = 32; that costs (forced on one device of the 2-core box)
+  1.9 ms instead of 1.0 ms for its weights at K = 32, 9.5 instead of 8.2 ms at
+  K = 64.
   """
   batched = jax.vmap(fn)
   chunk = max(1, int(_INLINE_FLOP // (k ** 3 / 3)))
