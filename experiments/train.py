@@ -593,8 +593,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, devices=None) -> di
   names = tuple(t.name for t in tasks)
   global_rows = config.batch_size * (1 + config.extra_batches) * jax.process_count()
   axes = sharding.batch_axes(_mesh_option(config, "param_rule", "fsdp"))
-  split = int(np.prod([mesh.shape[a] for a in axes]))
-  if global_rows % split:
+  if global_rows % sharding.axes_size(mesh, axes):
     over = " x ".join(f"config.mesh.{a}={mesh.shape[a]}" for a in axes)
     raise ValueError(
         f"config.batch_size={config.batch_size} (x {1 + config.extra_batches} "

@@ -79,6 +79,7 @@ __all__ = [
     "MeshConfig",
     "StepShardings",
     "abstract_with_shardings",
+    "axes_size",
     "batch_axes",
     "batch_sharding",
     "batch_shardings",
@@ -251,7 +252,8 @@ def batch_axes(param_rule: str = "fsdp") -> tuple[str, ...]:
   return ("data", "model") if param_rule == "zero3" else ("data",)
 
 
-def _axes_size(mesh: Mesh, axes: Sequence[str]) -> int:
+def axes_size(mesh: Mesh, axes: Sequence[str]) -> int:
+  """How many parts ``axes`` of ``mesh`` split an array into (the product of their sizes)."""
   return int(np.prod([mesh.shape[a] for a in axes]))
 
 
@@ -267,7 +269,7 @@ def batch_shardings(batch: PyTree, mesh: Mesh, axes: Sequence[str] = ("data",)) 
   Raises:
     ValueError: if a leaf's leading axis is not divisible by the size of ``axes``.
   """
-  n = _axes_size(mesh, axes)
+  n = axes_size(mesh, axes)
   names = " x ".join(f"{a}={mesh.shape[a]}" for a in axes)
 
   def leaf(path, x):

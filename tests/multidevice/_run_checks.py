@@ -541,7 +541,6 @@ def check_large_k_solver(k=32, width=4096):
 
 def main():
   assert jax.device_count() == 8, jax.devices()
-  large_k_solver = check_large_k_solver()
   if os.environ.get("MTLX_ONLY") == "transformers":  # a quick look at this part alone
     print("RESULTS " + json.dumps({"transformers": check_transformers()}))
     return
@@ -558,7 +557,7 @@ def main():
       "trainer": check_trainer(),
       "mixture": check_mixture(),
       "transformers": check_transformers(),
-      "large_k_solver": large_k_solver,
+      "large_k_solver": check_large_k_solver(),
   }
   print("RESULTS " + json.dumps(results))
 
